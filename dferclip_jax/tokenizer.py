@@ -1,0 +1,51 @@
+"""CLIP tokenization through transformers' ``CLIPTokenizer``.
+
+Gives what OpenAI's ``clip.tokenize`` gives: ``<start> tokens <end>`` zero-padded to the context
+length (77), as int32, plus the end-of-text position of each row (where the text tower pools).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+CONTEXT_LENGTH = 77
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+  """A CLIPTokenizer from a local directory (vocab.json + merges.txt) or a hub id."""
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+  from transformers import CLIPTokenizer
+
+  path = Path(name_or_path).expanduser()
+  if path.is_dir():
+    missing = [f for f in ("vocab.json", "merges.txt") if not (path / f).is_file()]
+    if missing:
+      raise FileNotFoundError(f"{path}: a CLIP tokenizer directory needs {', '.join(missing)}")
+    return CLIPTokenizer.from_pretrained(str(path))
+  try:
+    return CLIPTokenizer.from_pretrained(str(name_or_path))
+  except Exception as e:
+    raise FileNotFoundError(f"{name_or_path}: no tokenizer there (not a directory with vocab.json and "
+                            f"merges.txt, and not loadable from the hub: {type(e).__name__}: {e})") from e
+
+
+def tokenize(tokenizer, texts: Sequence[str], context_length: int = CONTEXT_LENGTH):
+  """texts -> (ids int32 [N, context_length], eot_positions int32 [N]).
+
+  A text longer than the context is an error (as in OpenAI's tokenizer), never silently cut.
+  """
+  start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
+  ids = np.zeros((len(texts), context_length), dtype=np.int32)
+  eot = np.zeros((len(texts),), dtype=np.int32)
+  for row, text in enumerate(texts):
+    tokens = [start] + tokenizer.encode(text, add_special_tokens=False) + [end]
+    if len(tokens) > context_length:
+      raise ValueError(f"text {row} is {len(tokens)} tokens long, more than the context of "
+                       f"{context_length}: {text!r}")
+    ids[row, :len(tokens)] = tokens
+    eot[row] = len(tokens) - 1
+  return ids, eot

@@ -1,0 +1,47 @@
+"""Test set-up: 8 simulated CPU devices, quiet TensorFlow, and the one way to reach ../shared."""
+
+import os
+
+# Before anything imports jax: 8 host devices so sharding tests see a real mesh.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def shared_dir() -> Path:
+  """The shared assets folder (CLIP BPE vocabulary, official-code fixtures).
+
+  It sits beside the checkout in CI (``../shared``); elsewhere point DFERCLIP_SHARED at a copy.
+  Tests that need it skip, saying why, where it is absent.
+  """
+  root = Path(os.environ.get("DFERCLIP_SHARED", REPO.parent / "shared"))
+  if not root.is_dir():
+    pytest.skip(f"shared assets not found at {root} (set DFERCLIP_SHARED to the folder holding "
+                f"clip-tokenizer/ and fixtures/)")
+  return root
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer_dir() -> Path:
+  path = shared_dir() / "clip-tokenizer"
+  if not path.is_dir():
+    pytest.skip(f"{path} is missing")
+  return path
+
+
+@pytest.fixture(scope="session")
+def official_fixture_dir() -> Path:
+  path = shared_dir() / "fixtures" / "official-dferclip-tiny"
+  if not path.is_dir():
+    pytest.skip(f"{path} is missing")
+  return path
