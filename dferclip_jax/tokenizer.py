@@ -49,3 +49,32 @@ def tokenize(tokenizer, texts: Sequence[str], context_length: int = CONTEXT_LENG
     ids[row, :len(tokens)] = tokens
     eot[row] = len(tokens) - 1
   return ids, eot
+
+
+class WordTokenizer:
+  """A word-level vocabulary built from the given texts, for randomly initialised CLIPs only.
+
+  A CLIP trained from scratch (the CPU demo, tests) has no pretrained vocabulary to honour, and
+  the real BPE files cannot be assumed on a machine without network. Ids: 0 pads, words follow in
+  sorted order, then start and end of text, so the end token has the largest id (the argmax
+  pooling rule of the official code finds it).
+  """
+
+  def __init__(self, texts: Sequence[str]):
+    words = sorted({w for t in texts for w in self._split(t)})
+    self.vocab = {w: i + 1 for i, w in enumerate(words)}
+    self.bos_token_id = len(words) + 1
+    self.eos_token_id = len(words) + 2
+    self.vocab_size = len(words) + 3
+
+  @staticmethod
+  def _split(text: str) -> list[str]:
+    import re
+    return re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())
+
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    del add_special_tokens  # tokenize() adds them, as for CLIPTokenizer
+    unknown = [w for w in self._split(text) if w not in self.vocab]
+    if unknown:
+      raise ValueError(f"words {unknown} are not in this word vocabulary (built from the class texts)")
+    return [self.vocab[w] for w in self._split(text)]
