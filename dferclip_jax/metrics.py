@@ -1,0 +1,114 @@
+"""Evaluation metrics, in percent, as the papers report them.
+
+Closed-set (DFER-CLIP): WAR is the plain accuracy; UAR is the mean over classes of the per-class
+recall (the diagonal of the row-normalised confusion matrix). The official code computes the
+confusion matrix over the labels present in targets or predictions; a class present in neither
+cannot be scored, so here the mean runs over classes with at least one test clip (the same
+number whenever every class is in the test set, as in DFEW, FERV39k and MAFW).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(labels, predictions, num_classes: int, mask=None) -> np.ndarray:
+  """Counts [true, predicted]; ``mask`` (bool) drops padding entries."""
+  labels = np.asarray(labels).reshape(-1)
+  predictions = np.asarray(predictions).reshape(-1)
+  if mask is not None:
+    keep = np.asarray(mask, dtype=bool).reshape(-1)
+    labels, predictions = labels[keep], predictions[keep]
+  for name, values in (("label", labels), ("prediction", predictions)):
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+      raise ValueError(f"a {name} is outside [0, {num_classes}): {values.min()}..{values.max()}")
+  cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+  np.add.at(cm, (labels, predictions), 1)
+  return cm
+
+
+def per_class_recall(cm: np.ndarray) -> np.ndarray:
+  """Recall of each class in percent; NaN for a class with no test clip."""
+  support = cm.sum(axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(support > 0, 100.0 * np.diag(cm) / np.maximum(support, 1), np.nan)
+
+
+def war(cm: np.ndarray) -> float:
+  total = cm.sum()
+  return float(100.0 * np.trace(cm) / total) if total else float("nan")
+
+
+def uar(cm: np.ndarray) -> float:
+  recall = per_class_recall(cm)
+  return float(np.nanmean(recall)) if np.isfinite(recall).any() else float("nan")
+
+
+def classification_report(cm: np.ndarray, class_names: Sequence[str]) -> dict:
+  """The numbers a run logs: WAR, UAR, recall per class (by name) and the matrix itself."""
+  if len(class_names) != cm.shape[0]:
+    raise ValueError(f"{len(class_names)} class names for a {cm.shape[0]}-class confusion matrix")
+  recall = per_class_recall(cm)
+  return {
+      "war": war(cm),
+      "uar": uar(cm),
+      "recall": {name: (None if np.isnan(r) else float(r)) for name, r in zip(class_names, recall)},
+      "confusion_matrix": cm.tolist(),
+      "num_clips": int(cm.sum()),
+  }
+
+
+# ----------------------------------------------------------------------------- open set (HESP)
+#
+# Both open-set numbers are areas under a curve swept by a threshold on a "known-ness" score, and
+# both equal a pairwise probability: AUROC = P(s_known > s_unknown), OSCR = P(s_known > s_unknown
+# and the known clip is classified correctly), over all (known, unknown) pairs, a tie counting one
+# half. Computed that way (by binary search over the sorted unknown scores) they are exact with
+# ties and O(n log n), unlike threshold loops that break ties by sort order.
+
+
+def _pairwise_rate(positive, negative, weights=None) -> float:
+  positive = np.asarray(positive, dtype=np.float64).reshape(-1)
+  negative = np.sort(np.asarray(negative, dtype=np.float64).reshape(-1))
+  if positive.size == 0 or negative.size == 0:
+    raise ValueError(f"need at least one known and one unknown score "
+                     f"(got {positive.size} known, {negative.size} unknown)")
+  if not (np.isfinite(positive).all() and np.isfinite(negative).all()):
+    raise ValueError("open-set scores must be finite (found NaN or inf)")
+  below = np.searchsorted(negative, positive, side="left")
+  tied = np.searchsorted(negative, positive, side="right") - below
+  wins = below + 0.5 * tied
+  if weights is not None:
+    wins = wins * np.asarray(weights, dtype=np.float64).reshape(-1)
+  return float(wins.sum() / (positive.size * negative.size))
+
+
+def auroc(known_scores, unknown_scores) -> float:
+  """AUROC (percent) of telling known from unknown clips by a score (higher = more known)."""
+  return 100.0 * _pairwise_rate(known_scores, unknown_scores)
+
+
+def oscr(known_logits, unknown_logits, known_labels) -> float:
+  """Open-set classification rate (percent): the area under correct-classification rate vs
+  false-positive rate. Takes per-class scores (logits or probabilities) [N, C]; the max over
+  classes is the known-ness score and the argmax the prediction."""
+  known_logits = np.asarray(known_logits)
+  unknown_logits = np.asarray(unknown_logits)
+  known_labels = np.asarray(known_labels).reshape(-1)
+  if known_logits.ndim != 2 or unknown_logits.ndim != 2 or known_logits.shape[1] != unknown_logits.shape[1]:
+    raise ValueError(f"oscr takes [N, C] scores for known and unknown clips with the same C; got "
+                     f"{known_logits.shape} and {unknown_logits.shape}")
+  if known_labels.shape[0] != known_logits.shape[0]:
+    raise ValueError(f"{known_labels.shape[0]} labels for {known_logits.shape[0]} known clips")
+  correct = np.argmax(known_logits, axis=1) == known_labels
+  return 100.0 * _pairwise_rate(known_logits.max(axis=1), unknown_logits.max(axis=1), weights=correct)
+
+
+def max_softmax(logits) -> np.ndarray:
+  """The default known-ness score: the largest softmax probability of each clip."""
+  logits = np.asarray(logits, dtype=np.float64)
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  probs = np.exp(shifted)
+  return (probs / probs.sum(axis=-1, keepdims=True)).max(axis=-1)

@@ -1,0 +1,86 @@
+"""Closed-set (WAR/UAR) and open-set (AUROC/OSCR) metrics on hand-computed cases and definitions."""
+
+import numpy as np
+import pytest
+
+from dferclip_jax import metrics
+
+
+def test_war_uar_by_hand():
+  # class 0: 3 clips, 2 right; class 1: 1 clip, right; class 2: 2 clips, 0 right.
+  labels = [0, 0, 0, 1, 2, 2]
+  preds = [0, 0, 1, 1, 0, 1]
+  cm = metrics.confusion_matrix(labels, preds, 3)
+  assert cm.tolist() == [[2, 1, 0], [0, 1, 0], [1, 1, 0]]
+  assert metrics.war(cm) == pytest.approx(100 * 3 / 6)
+  assert metrics.uar(cm) == pytest.approx(100 * (2 / 3 + 1 + 0) / 3)
+  report = metrics.classification_report(cm, ["a", "b", "c"])
+  assert report["recall"] == {"a": pytest.approx(200 / 3), "b": 100.0, "c": 0.0}
+  assert report["num_clips"] == 6
+
+
+def test_mask_and_absent_class():
+  cm = metrics.confusion_matrix([0, 1, 1, 0], [0, 1, 0, 1], 3, mask=[True, True, True, False])
+  assert cm.sum() == 3
+  # Class 2 has no test clip: it is not scored (NaN recall), UAR averages the others.
+  assert np.isnan(metrics.per_class_recall(cm)[2])
+  assert metrics.uar(cm) == pytest.approx((100 + 50) / 2)
+  with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+    metrics.confusion_matrix([0, 3], [0, 0], 3)
+
+
+def brute_force_rate(pos, neg, weights=None):
+  weights = np.ones(len(pos)) if weights is None else np.asarray(weights, float)
+  total = 0.0
+  for p, w in zip(pos, weights):
+    for n in neg:
+      total += w * (1.0 if p > n else 0.5 if p == n else 0.0)
+  return 100 * total / (len(pos) * len(neg))
+
+
+def test_auroc_hand_cases():
+  assert metrics.auroc([0.9, 0.8], [0.1, 0.2, 0.3]) == 100.0  # perfect separation
+  assert metrics.auroc([0.1, 0.2], [0.8, 0.9]) == 0.0         # reversed
+  assert metrics.auroc([0.5, 0.5], [0.5, 0.5, 0.5]) == 50.0    # all tied
+  assert metrics.auroc([0.5, 0.9], [0.5]) == pytest.approx(75.0)  # one tie counts half
+
+
+def test_oscr_hand_cases():
+  known = np.array([[5.0, 1.0], [0.0, 4.0]])
+  unknown = np.array([[1.0, 0.5], [0.2, 0.1]])
+  assert metrics.oscr(known, unknown, [0, 1]) == 100.0  # all correct, all above unknowns
+  # One wrong known clip: it can never count as correctly classified.
+  assert metrics.oscr(known, unknown, [0, 0]) == pytest.approx(50.0)
+  # Everything tied and correct: half.
+  tied = np.array([[1.0, 0.0], [1.0, 0.0]])
+  assert metrics.oscr(tied, tied, [0, 0]) == pytest.approx(50.0)
+  with pytest.raises(ValueError, match="same C"):
+    metrics.oscr(known, unknown[:, :1], [0, 1])
+
+
+def test_against_definitions_on_random_data():
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    nk, nu, c = rng.integers(5, 40), rng.integers(5, 40), 4
+    # Rounded scores make ties frequent, which is where threshold loops go wrong.
+    known = np.round(rng.normal(1.0, 1.0, (nk, c)), 1)
+    unknown = np.round(rng.normal(0.0, 1.0, (nu, c)), 1)
+    labels = rng.integers(0, c, nk)
+    sk, su = known.max(1), unknown.max(1)
+    assert metrics.auroc(sk, su) == pytest.approx(brute_force_rate(sk, su))
+    correct = known.argmax(1) == labels
+    assert metrics.oscr(known, unknown, labels) == pytest.approx(brute_force_rate(sk, su, correct))
+    # OSCR is AUROC restricted to correctly classified knowns: never above it.
+    assert metrics.oscr(known, unknown, labels) <= metrics.auroc(sk, su) + 1e-9
+
+
+def test_open_set_input_errors():
+  with pytest.raises(ValueError, match="at least one known and one unknown"):
+    metrics.auroc([], [0.1])
+  with pytest.raises(ValueError, match="finite"):
+    metrics.auroc([np.nan], [0.1])
+
+
+def test_max_softmax():
+  probs = metrics.max_softmax(np.array([[0.0, 0.0], [10.0, 0.0]]))
+  np.testing.assert_allclose(probs, [0.5, 1 / (1 + np.exp(-10))])
