@@ -1,0 +1,300 @@
+"""The tf.data input pipeline: batches of uint8 clips for training and (padded) evaluation.
+
+Training is an infinite stream of clip *positions* ``p = 0, 1, 2, ...`` over all hosts. Global
+batch ``s`` holds positions ``[s * G, (s + 1) * G)`` with ``G = batch_size * process_count``; host
+``h`` reads only its slice ``[s * G + h * b, s * G + (h + 1) * b)``. Position ``p`` is example
+``perm_e(p mod n)`` of epoch ``e = p // n``, where ``perm_e`` is a full permutation of the ``n``
+clips drawn from (seed, e) (``tf.random.experimental.index_shuffle``: shuffle before repeat, every
+clip once per epoch, no shuffle buffer). The clip's frame sampling and augmentation are drawn from
+(seed, p). Nothing depends on what was read before, so ``start_step=k`` yields exactly the
+batches an uninterrupted run yields from step ``k`` without replaying anything, and the global
+batch at a step is the same for any number of hosts.
+
+Evaluation walks the clips in source order: global batch ``s`` holds positions ``[s * G, (s + 1)
+* G)`` split across hosts the same way; positions ``>= n`` are padding (zeros, ``mask`` False,
+``index`` -1). Every host runs ``num_eval_batches`` batches and each clip is counted exactly once.
+
+Decoding and augmentation run in a parallel, order-preserving ``map``; batches are prefetched.
+A read or decode failure stops iteration with ``ClipDataError`` naming the list line (or TFDS
+record) and the frame file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from dferclip_jax.data import augment
+from dferclip_jax.data import sampling
+from dferclip_jax.data import sources as sources_lib
+from dferclip_jax.data.records import ClipRecord
+from dferclip_jax.data.sources import ClipDataError, FolderSource, TfdsSource
+
+AUGMENTATIONS = augment.KINDS
+Source = FolderSource | TfdsSource | Sequence[ClipRecord]
+
+# Domain separators under the user's seed: epoch permutations and per-clip draws never share a key.
+_PERMUTATION, _CLIP = 1, 2
+_SAMPLING = 0  # sub-seed of a clip's seed for its frame indices (augment uses 1..4)
+
+
+def _hide_accelerators_from_tf() -> None:
+  # TensorFlow only feeds the input: it must not claim GPU memory that JAX needs.
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # devices already initialised (someone used TF first): nothing to do
+    pass
+
+
+_hide_accelerators_from_tf()
+
+
+# Lists of records already turned into sources: evaluation runs every epoch on the same list,
+# and building a FolderSource lists every folder.
+_SOURCE_CACHE: dict[tuple[ClipRecord, ...], FolderSource] = {}
+_SOURCE_CACHE_SIZE = 4
+
+
+def as_source(source: Source) -> FolderSource | TfdsSource:
+  """A list of ``ClipRecord`` becomes a ``FolderSource`` (built once per list); sources pass."""
+  if isinstance(source, (FolderSource, TfdsSource)):
+    return source
+  key = tuple(source)
+  if key not in _SOURCE_CACHE:
+    while len(_SOURCE_CACHE) >= _SOURCE_CACHE_SIZE:
+      _SOURCE_CACHE.pop(next(iter(_SOURCE_CACHE)))
+    _SOURCE_CACHE[key] = FolderSource(key)
+  return _SOURCE_CACHE[key]
+
+
+def tfds_sources(name: str, train_split: str | None, test_split: str, *,
+                 data_dir: str | None = None, class_names: Sequence[str] | None = None
+                 ) -> tuple[TfdsSource | list, TfdsSource]:
+  """Opens a built TFDS dataset's train split (None: not needed, gives []) and test split.
+
+  ``class_names``: the configured order; the dataset's ClassLabel names must equal it.
+  """
+  splits = [TfdsSource(name, s, data_dir=data_dir) if s else [] for s in (train_split, test_split)]
+  for split in splits:
+    if class_names is not None and split != [] and split.class_names != tuple(class_names):
+      raise ValueError(f"TFDS {name}:{split.split} has classes {split.class_names}, but the config "
+                       f"names {tuple(class_names)}: a different order would permute the labels")
+  return splits[0], splits[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Positions, examples and seeds: pure functions of (seed, position).
+# ---------------------------------------------------------------------------------------------
+
+
+def host_positions(step, batch_size: int, process_index: int = 0, process_count: int = 1):
+  """Global stream positions of this host's slice of global batch ``step`` (int64 ``[b]``)."""
+  step = tf.cast(step, tf.int64)
+  return (step * batch_size * process_count + process_index * batch_size
+          + tf.range(batch_size, dtype=tf.int64))
+
+
+def _global_position(q, batch_size: int, process_index: int, process_count: int):
+  """Host-local counter ``q`` (``step * b + j``) -> global stream position."""
+  step, j = q // batch_size, q % batch_size
+  return step * batch_size * process_count + process_index * batch_size + j
+
+
+def example_at(position, num_examples: int, seed: int) -> tf.Tensor:
+  """The example index at a training stream position: epoch permutation, shuffle before repeat.
+
+  ``position``: a scalar or a vector of positions.
+  """
+  position = tf.cast(position, tf.int64)
+  if position.shape.rank:
+    return tf.map_fn(lambda p: example_at(p, num_examples, seed), position)
+  epoch = position // num_examples
+  key = tf.random.experimental.stateless_fold_in(_key(seed, _PERMUTATION), epoch)
+  return tf.random.experimental.index_shuffle(position % num_examples, key,
+                                              tf.constant(num_examples - 1, tf.int64))
+
+
+def clip_seed(position, seed: int) -> tf.Tensor:
+  """The stateless seed ([2] int64) of all random draws for the clip at ``position``."""
+  return tf.random.experimental.stateless_fold_in(_key(seed, _CLIP), tf.cast(position, tf.int64))
+
+
+def _key(seed: int, domain: int) -> tf.Tensor:
+  return tf.constant([seed, domain], tf.int64)
+
+
+def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
+  """Batches every host runs in one evaluation pass (the last one padded)."""
+  return math.ceil(num_examples / (batch_size * process_count))
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets.
+# ---------------------------------------------------------------------------------------------
+
+
+def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_size: int,
+                  num_frames: int = 16, seed: int, start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1, prefetch: int = 2) -> tf.data.Dataset:
+  """The training stream from ``start_step`` on, as a tf.data.Dataset (see ``train_batches``)."""
+  source = as_source(source)
+  _check_common(batch_size, image_size, num_frames, process_index, process_count)
+  if augmentation not in AUGMENTATIONS:
+    raise ValueError(f"augmentation={augmentation!r}: expected one of {AUGMENTATIONS}")
+  if start_step < 0:
+    raise ValueError(f"start_step={start_step}: must be >= 0")
+  n = len(source)
+
+  def position(q):
+    return _global_position(q, batch_size, process_index, process_count)
+
+  def load(p):
+    example = example_at(p, n, seed)
+    key = clip_seed(p, seed)
+    count, label, handle = source.fetch(example)
+    sampling_seed = tf.random.experimental.stateless_fold_in(key, _SAMPLING)
+    indices = sampling.train_indices(count, sampling_seed, num_segments=num_frames)
+    frames = sources_lib.decode_frames(*source.frames(handle, indices))
+    video = augment.augment_clip_255(frames, augmentation, image_size, key)
+    video = tf.ensure_shape(augment.quantize(video), [num_frames, image_size, image_size, 3])
+    return {"video": video, "label": label}
+
+  ds = tf.data.Dataset.range(start_step * batch_size, np.iinfo(np.int64).max)
+  ds = ds.map(position).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+  return ds.prefetch(prefetch).with_options(_options())
+
+
+def eval_dataset(source: Source, *, batch_size: int, image_size: int, num_frames: int = 16,
+                 process_index: int = 0, process_count: int = 1, num_clips: int = 1,
+                 prefetch: int = 2) -> tf.data.Dataset:
+  """One evaluation pass over the source as a tf.data.Dataset (see ``eval_batches``)."""
+  source = as_source(source)
+  _check_common(batch_size, image_size, num_frames, process_index, process_count)
+  if num_clips < 1:
+    raise ValueError(f"num_clips={num_clips}: expected at least 1")
+  n = len(source)
+  steps = num_eval_batches(n, batch_size, process_count)
+  shape = ([num_clips] if num_clips > 1 else []) + [num_frames, image_size, image_size, 3]
+
+  def load(q):
+    p = _global_position(q, batch_size, process_index, process_count)
+    valid = p < n
+
+    def clip():
+      count, label, handle = source.fetch(p)
+      indices = sampling.test_indices(count, num_segments=num_frames, num_clips=num_clips)
+      frames = sources_lib.decode_frames(*source.frames(handle, tf.reshape(indices, [-1])))
+      video = augment.quantize(augment.resize_clip_255(frames, image_size))
+      return tf.reshape(video, shape), label
+
+    def padding():
+      return tf.zeros(shape, tf.uint8), tf.constant(0, tf.int32)
+
+    video, label = tf.cond(valid, clip, padding)
+    return {"video": tf.ensure_shape(video, shape), "label": label, "mask": valid,
+            "index": tf.where(valid, tf.cast(p, tf.int32), -1)}
+
+  ds = tf.data.Dataset.range(steps * batch_size)
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+  return ds.prefetch(prefetch).with_options(_options())
+
+
+# ---------------------------------------------------------------------------------------------
+# Iterators of numpy batches: what the trainer consumes.
+# ---------------------------------------------------------------------------------------------
+
+
+def train_batches(source: Source, *, augmentation: str, batch_size: int, image_size: int,
+                  num_frames: int = 16, seed: int, start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite iterator of this host's training batches from ``start_step`` on.
+
+  Each batch: ``{"video": uint8 [batch_size, num_frames, image_size, image_size, 3],
+  "label": int32 [batch_size]}``; ``batch_size`` is per host. Deterministic for a seed; batch
+  ``k`` is the same whether the run started at 0 or at ``start_step <= k``.
+  """
+  source = as_source(source)
+  ds = train_dataset(source, augmentation=augmentation, batch_size=batch_size,
+                     image_size=image_size, num_frames=num_frames, seed=seed,
+                     start_step=start_step, process_index=process_index,
+                     process_count=process_count)
+  n = len(source)
+
+  def examples(step):
+    positions = host_positions(step, batch_size, process_index, process_count)
+    return [int(e) for e in example_at(positions, n, seed).numpy()]
+
+  return _explained(ds, source, examples, start_step, "training")
+
+
+def eval_batches(source: Source, *, batch_size: int, image_size: int, num_frames: int = 16,
+                 process_index: int = 0, process_count: int = 1,
+                 num_clips: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """One pass of this host's evaluation batches: ``num_eval_batches(len(source), batch_size,
+  process_count)`` of them, the last padded.
+
+  Each batch: ``{"video": uint8 [b, T, H, W, 3]`` (``[b, num_clips, T, H, W, 3]`` when
+  ``num_clips > 1``), ``"label": int32 [b], "mask": bool [b]`` (False for padding),
+  ``"index": int32 [b]}`` (position in the source, -1 for padding).
+  """
+  source = as_source(source)
+  ds = eval_dataset(source, batch_size=batch_size, image_size=image_size, num_frames=num_frames,
+                    process_index=process_index, process_count=process_count, num_clips=num_clips)
+  n = len(source)
+
+  def examples(step):
+    positions = host_positions(step, batch_size, process_index, process_count).numpy()
+    return [int(p) for p in positions if p < n]
+
+  return _explained(ds, source, examples, 0, "evaluation")
+
+
+def _explained(ds: tf.data.Dataset, source, examples, first_step: int, what: str):
+  """Yields numpy batches; turns a failed read into an error that names the broken file.
+
+  tf.data keeps the order of elements and of their errors, so a failure belongs to the batch
+  being requested; its clips are known from the step alone and are checked one by one.
+  """
+  iterator = ds.as_numpy_iterator()
+  step = first_step
+  while True:
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.OpError as err:
+      clips = examples(step)
+      for example in dict.fromkeys(clips):
+        try:
+          source.check_clip(example)
+        except ClipDataError as bad:
+          raise ClipDataError(f"{bad} (while reading {what} batch {step})") from err
+      listed = "; ".join(source.describe(e) for e in clips[:4])
+      raise ClipDataError(f"reading {what} batch {step} failed: {err.message.strip()} "
+                          f"(clips {listed}{', ...' if len(clips) > 4 else ''})") from err
+    yield batch
+    step += 1
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  # Parallelism comes from decoding many clips at once; one thread per op avoids oversubscription.
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def _check_common(batch_size, image_size, num_frames, process_index, process_count) -> None:
+  for name, value in (("batch_size", batch_size), ("image_size", image_size),
+                      ("num_frames", num_frames), ("process_count", process_count)):
+    if int(value) < 1:
+      raise ValueError(f"{name}={value}: must be at least 1")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is outside [0, process_count={process_count})")

@@ -1,0 +1,3 @@
+"""TFDS builder for MAFW."""
+
+from dferclip_jax.data.tfds_builders.mafw.mafw_dataset_builder import Builder  # noqa: F401

@@ -1,0 +1,136 @@
+"""Augmentation: one draw per clip, and each op against PIL as the official transforms call it."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image, ImageEnhance
+
+from dferclip_jax.data import augment
+
+SEED = tf.constant([3, 11], tf.int64)
+
+
+def _image(h, w, seed=0):
+  rng = np.random.default_rng(seed)
+  # Smooth content plus noise: resampling differences show, nothing is flat.
+  y, x = np.mgrid[0:h, 0:w]
+  base = 127 + 80 * np.sin(x[..., None] / 5.0 + np.array([0, 1, 2])) * np.cos(y[..., None] / 7.0)
+  return np.clip(base + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", augment.KINDS)
+def test_one_random_draw_per_clip(kind):
+  frames = np.repeat(_image(37, 50)[None], 6, axis=0)
+  for seed in range(4):
+    out = augment.augment_clip(frames, kind, 24, tf.constant([seed, 1], tf.int64)).numpy()
+    assert out.shape == (6, 24, 24, 3) and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    for t in range(1, 6):
+      np.testing.assert_array_equal(out[t], out[0])
+
+
+def test_draws_depend_only_on_the_seed():
+  frames = np.stack([_image(40, 40, s) for s in range(3)])
+  a = augment.augment_clip(frames, "dfew", 32, SEED).numpy()
+  b = augment.augment_clip(frames, "dfew", 32, SEED).numpy()
+  c = augment.augment_clip(frames, "dfew", 32, tf.constant([4, 11], tf.int64)).numpy()
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a - c).max() > 0.1
+
+
+def test_brightness_is_bit_exact_with_pil():
+  image = _image(20, 30)
+  for factor in (0.5, 0.77, 1.0, 1.31, 1.5):
+    expected = np.asarray(ImageEnhance.Brightness(Image.fromarray(image)).enhance(factor))
+    got = augment.adjust_brightness(image[None], factor).numpy()[0]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_brightness_factor_range():
+  factors = [float(augment.brightness_factor(tf.constant([s, 0], tf.int64))) for s in range(200)]
+  assert 0.5 <= min(factors) < 0.6 and 1.4 < max(factors) <= 1.5
+
+
+@pytest.mark.parametrize("angle", [3.7, -2.2, -4.0])
+def test_rotation_matches_pil(angle):
+  image = _image(37, 52)
+  expected = np.asarray(Image.fromarray(image).rotate(angle))  # nearest, black corners
+  got = augment.rotate(image[None], angle).numpy()[0]
+  assert (got == expected).all(-1).mean() > 0.99  # nearest-neighbour ties may round differently
+
+
+def test_rotation_angles_stay_within_four_degrees():
+  angles = [float(augment.rotation_angle(tf.constant([s, 0], tf.int64))) for s in range(200)]
+  assert -4.0 <= min(angles) < -3.5 and 3.5 < max(angles) <= 4.0
+
+
+def test_random_sized_crop_matches_pil_crop_and_resize():
+  frames = np.stack([_image(37, 50, s) for s in range(2)])
+  for seed in range(6):
+    key = tf.constant([seed, 5], tf.int64)
+    y, x, h, w, found = (int(v) for v in augment.random_sized_crop_box(37, 50, key, 32))
+    assert found and 1 <= h <= 37 and 1 <= w <= 50 and y + h <= 37 and x + w <= 50
+    got = augment.random_sized_crop(frames, 32, key).numpy()
+    for t in range(2):
+      expected = np.asarray(Image.fromarray(frames[t]).crop((x, y, x + w, y + h))
+                            .resize((32, 32), Image.BILINEAR)).astype(np.float32)
+      assert np.abs(np.round(got[t]) - expected).max() <= 1.0
+
+
+def test_crop_box_distribution_follows_the_official_ranges():
+  areas, ratios = [], []
+  for seed in range(300):
+    key = tf.constant([seed, 0], tf.int64)
+    y, x, h, w, found = (int(v) for v in augment.random_sized_crop_box(100, 100, key, 32))
+    assert found
+    areas.append(h * w / 1e4)
+    ratios.append(w / h)
+  assert 0.07 < min(areas) < 0.2 and max(areas) > 0.9
+  # w and h are rounded, so the ratio may pass 3/4..4/3 by a pixel's worth.
+  assert min(ratios) >= 0.72 and max(ratios) <= 1.38 and min(ratios) < 0.8 and max(ratios) > 1.25
+
+
+def test_crop_fallback_resizes_the_short_side_then_crops():
+  # A 4x200 strip: no crop of 8-100% area with aspect 3/4..4/3 fits, so the fallback runs.
+  frames = _image(4, 200)[None]
+  y, x, h, w, found = augment.random_sized_crop_box(4, 200, SEED, 16)
+  assert not bool(found)
+  got = np.round(augment.random_sized_crop(frames, 16, SEED).numpy()[0])
+  scaled = np.asarray(Image.fromarray(frames[0]).resize((800, 16), Image.BILINEAR)).astype(float)
+  best = min(np.abs(got - scaled[:, x0:x0 + 16]).max() for x0 in range(800 - 16 + 1))
+  assert best <= 1.0
+
+
+def test_flip_mirrors_every_frame_half_the_time():
+  video = tf.constant(np.arange(2 * 2 * 3 * 1, dtype=np.float32).reshape(2, 2, 3, 1))
+  flipped = 0
+  for seed in range(100):
+    out = augment.random_flip(video, tf.constant([seed, 0], tf.int64)).numpy()
+    if not np.array_equal(out, video.numpy()):
+      np.testing.assert_array_equal(out, video.numpy()[:, :, ::-1])
+      flipped += 1
+  assert 30 < flipped < 70
+
+
+def test_test_resize_matches_pil_and_skips_same_size():
+  frames = np.stack([_image(37, 50, s) for s in range(2)])
+  got = augment.resize_clip(frames, 32).numpy()
+  for t in range(2):
+    expected = np.asarray(Image.fromarray(frames[t]).resize((32, 32), Image.BILINEAR))
+    assert np.abs(np.round(got[t] * 255) - expected).max() <= 1.0
+  same = augment.resize_clip(frames[:, :32, :32], 32).numpy()
+  np.testing.assert_array_equal(np.round(same * 255), frames[:, :32, :32])
+
+
+def test_none_is_the_test_transform_and_unknown_kinds_fail():
+  frames = np.stack([_image(37, 50, s) for s in range(2)])
+  np.testing.assert_array_equal(augment.augment_clip(frames, "none", 24, SEED).numpy(),
+                                augment.resize_clip(frames, 24).numpy())
+  with pytest.raises(ValueError, match="augmentation='afew'"):
+    augment.augment_clip(frames, "afew", 24, SEED)
+
+
+def test_quantize_rounds_back_to_the_bytes():
+  frames = np.stack([_image(24, 24, s) for s in range(2)])
+  restored = augment.quantize(augment.resize_clip(frames, 24) * 255).numpy()
+  np.testing.assert_array_equal(restored, frames)
