@@ -52,12 +52,11 @@ def save_model(directory: str | Path, model: DFERCLIP, variables, *, class_names
   return directory
 
 
-def read_model_card(directory: str | Path) -> dict:
-  directory = Path(directory)
-  card_path = directory / MODEL_FILE
-  if not card_path.is_file() or not (directory / VARIABLES_DIR).is_dir():
-    raise ModelCheckpointError(f"{directory}: not a dferclip-jax model checkpoint (expected "
-                               f"{MODEL_FILE} and {VARIABLES_DIR}/)")
+def read_model_card_file(card_path: str | Path) -> dict:
+  """A ``model.json`` (of a model checkpoint, or of a training workdir)."""
+  card_path = Path(card_path)
+  if not card_path.is_file():
+    raise ModelCheckpointError(f"{card_path}: no such model description")
   try:
     card = json.loads(card_path.read_text())
   except json.JSONDecodeError as e:
@@ -65,6 +64,14 @@ def read_model_card(directory: str | Path) -> dict:
   if card.get("format") != FORMAT:
     raise ModelCheckpointError(f"{card_path}: format {card.get('format')!r}, expected {FORMAT!r}")
   return card
+
+
+def read_model_card(directory: str | Path) -> dict:
+  directory = Path(directory)
+  if not (directory / MODEL_FILE).is_file() or not (directory / VARIABLES_DIR).is_dir():
+    raise ModelCheckpointError(f"{directory}: not a dferclip-jax model checkpoint (expected "
+                               f"{MODEL_FILE} and {VARIABLES_DIR}/)")
+  return read_model_card_file(directory / MODEL_FILE)
 
 
 def load_model(directory: str | Path, *, shardings: Callable[[Any], Any] | None = None,

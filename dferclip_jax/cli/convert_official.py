@@ -21,14 +21,16 @@ from dferclip_jax import export, official
 from dferclip_jax.data import class_orders
 from dferclip_jax.models.dferclip import model_kwargs
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The official .pth file.", required=True)
-_OUT = flags.DEFINE_string("out", None, "New directory for the converted checkpoint.", required=True)
-_POSITION = flags.DEFINE_enum("class_token_position", "end", ["end", "middle", "front"],
-                              "The --class-token-position the checkpoint was trained with.")
-_DATASET = flags.DEFINE_enum("dataset", None, ["dfew", "ferv39k", "mafw"],
-                             "Records that dataset's class names (DFER-CLIP order) in model.json.")
-_CLASS_NAMES = flags.DEFINE_list("class_names", None, "Class names in label order (instead of --dataset).")
-
+def _define_flags() -> None:
+  """Flags exist only when this runs as a program: importing convert() defines none (no clash
+  with other tools' --dataset when both are imported, e.g. by the tests)."""
+  flags.DEFINE_string("checkpoint", None, "The official .pth file.", required=True)
+  flags.DEFINE_string("out", None, "New directory for the converted checkpoint.", required=True)
+  flags.DEFINE_enum("class_token_position", "end", ["end", "middle", "front"],
+                    "The --class-token-position the checkpoint was trained with.")
+  flags.DEFINE_enum("dataset", None, ["dfew", "ferv39k", "mafw"],
+                    "Records that dataset's class names (DFER-CLIP order) in model.json.")
+  flags.DEFINE_list("class_names", None, "Class names in label order (instead of --dataset).")
 
 def convert(checkpoint: str, out: str, class_token_position: str = "end",
             class_names: list[str] | None = None) -> dict:
@@ -48,11 +50,13 @@ def convert(checkpoint: str, out: str, class_token_position: str = "end",
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  names = _CLASS_NAMES.value or (list(class_orders.class_names(_DATASET.value)) if _DATASET.value else None)
-  summary = convert(_CHECKPOINT.value, _OUT.value, _POSITION.value, names)
+  f = flags.FLAGS
+  names = f.class_names or (list(class_orders.class_names(f.dataset)) if f.dataset else None)
+  summary = convert(f.checkpoint, f.out, f.class_token_position, names)
   print(json.dumps(summary, indent=2))
-  print(f"wrote {os.path.abspath(_OUT.value)}")
+  print(f"wrote {os.path.abspath(f.out)}")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

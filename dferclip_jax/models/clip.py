@@ -20,6 +20,11 @@ import flax.linen as nn
 
 from dferclip_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, TowerConfig
 
+# Random init matters only for CLIPs trained from scratch (the demo, tests): pretrained weights
+# replace it. Kernels use LeCun-normal (unit-variance activations), which keeps a random ViT's
+# output sensitive to its input; CLIP's own std-0.02 init makes every image look alike at step 0
+# and a from-scratch model then fails to start learning.
+KERNEL_INIT = nn.initializers.lecun_normal()
 # Hugging Face and OpenAI both use eps=1e-5 (flax's default is 1e-6).
 LAYER_NORM_EPS = 1e-5
 # The OpenAI normalisation constants, for pixels already scaled to [0, 1].
@@ -74,7 +79,7 @@ class Attention(nn.Module):
   def __call__(self, x):
     head_dim = self.hidden_size // self.num_heads
     dense = lambda name: nn.Dense(self.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
-                                  kernel_init=nn.initializers.normal(0.02), name=name)
+                                  kernel_init=KERNEL_INIT, name=name)
     split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head_dim))
     q, k, v = (split(dense(n)(x)) for n in ("q_proj", "k_proj", "v_proj"))
     # Logits and softmax in float32: bfloat16 softmax over 50-77 tokens loses too much.
@@ -98,7 +103,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    init = nn.initializers.normal(0.02)
+    init = KERNEL_INIT
     x = nn.Dense(self.intermediate_size, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=init, name="fc1")(x)
     x = ACTIVATIONS[self.activation](x)
@@ -160,8 +165,7 @@ class VisionEmbeddings(nn.Module):
     patches = nn.Conv(c.hidden_size, kernel_size=(c.patch_size, c.patch_size),
                       strides=(c.patch_size, c.patch_size), padding="VALID", use_bias=False,
                       dtype=self.dtype, param_dtype=jnp.float32,
-                      kernel_init=nn.initializers.normal(0.02),
-                      name="patch_embedding")(pixels.astype(self.dtype))
+                      kernel_init=KERNEL_INIT, name="patch_embedding")(pixels.astype(self.dtype))
     n = patches.shape[0]
     patches = patches.reshape(n, -1, c.hidden_size).astype(jnp.float32)
     cls = self.param("class_embedding", nn.initializers.normal(0.02), (c.hidden_size,), jnp.float32)
@@ -242,11 +246,12 @@ class CLIP(nn.Module):
     c = self.config
     self.vision_model = VisionTransformer(c.vision_config, self.dtype, self.remat)
     self.text_model = TextTransformer(c.text_config, self.dtype, self.remat)
-    init = nn.initializers.normal(0.02)
+    # Unit-scale features (OpenAI's projection init, std width^-0.5, is LeCun-normal here), as
+    # large as the temporal model's N(0, 1) tokens.
     self.visual_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype,
-                                      param_dtype=jnp.float32, kernel_init=init)
+                                      param_dtype=jnp.float32, kernel_init=KERNEL_INIT)
     self.text_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype,
-                                    param_dtype=jnp.float32, kernel_init=init)
+                                    param_dtype=jnp.float32, kernel_init=KERNEL_INIT)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(c.logit_scale_init_value),
                                   (), jnp.float32)
 

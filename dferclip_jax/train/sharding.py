@@ -42,8 +42,13 @@ def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> dict[str, in
   return sizes
 
 
-def make_mesh(mesh_config: Mapping[str, int], devices=None) -> Mesh:
+def make_mesh(mesh_config: Mapping[str, int], devices=None, num_devices: int = 0) -> Mesh:
+  """The mesh over ``devices`` (default: all; ``num_devices`` > 0 takes the first N)."""
   devices = jax.devices() if devices is None else devices
+  if num_devices:
+    if not 0 < num_devices <= len(devices):
+      raise ValueError(f"config.num_devices={num_devices}: {len(devices)} devices are available")
+    devices = devices[:num_devices]
   sizes = mesh_shape(mesh_config, len(devices))
   # Auto axes: linen layers and jit in/out shardings, without explicit-sharding types.
   return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES, devices=devices,

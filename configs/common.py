@@ -1,0 +1,108 @@
+"""What every config shares: the official DFER-CLIP recipe, and the ``:key=value`` argument parser.
+
+Configs are data (ml_collections). ``main.py`` loads them with ``lock_config=True``, so a mistyped
+``--config.x=y`` fails loudly. Every key has its default here, once.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """``"fold=3,variant=B/16"`` -> typed values, each typed like its default; unknown keys fail."""
+  values = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or key not in defaults:
+      raise ValueError(f"config argument {item!r}: expected key=value with key in {sorted(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      if raw.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config argument {key}={raw!r}: expected true or false")
+      values[key] = raw.lower() in ("true", "1")
+    elif isinstance(default, int):
+      try:
+        values[key] = int(raw)
+      except ValueError:
+        raise ValueError(f"config argument {key}={raw!r}: expected an integer") from None
+    elif isinstance(default, float):
+      values[key] = float(raw)
+    else:
+      values[key] = raw
+  return ml_collections.ConfigDict(values)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The official recipe (DFER-CLIP's main.py and train_*.sh), dataset-independent parts."""
+  c = ml_collections.ConfigDict()
+  c.dataset = ""               # dfew | ferv39k | mafw | synthetic
+  c.fold = 0                   # 1..5 for DFEW/MAFW; 0 for single-split datasets
+  c.class_names = ()           # in label order; filled per dataset
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "lists"      # "lists" (frame folders + annotation lists) or "tfds"
+  c.data.train_list = ""
+  c.data.test_list = ""
+  c.data.root = config_dict.placeholder(str)       # root of relative paths in the lists
+  c.data.path_map = ()         # ("old_prefix=new_prefix", ...) for published absolute paths
+  c.data.on_bad_clip = "error"  # or "skip": skipped clips are counted and listed
+  c.data.tfds_name = config_dict.placeholder(str)  # e.g. "dfew"
+  c.data.tfds_data_dir = config_dict.placeholder(str)
+  c.data.tfds_train_split = "train"
+  c.data.tfds_test_split = "test"
+  c.data.augmentation = "none"  # dfew | ferv39k | mafw | none
+  c.data.num_frames = 16
+  c.data.synthetic = ml_collections.ConfigDict()  # used by dataset="synthetic" only
+
+  c.model = ml_collections.ConfigDict()
+  c.model.clip = "openai/clip-vit-base-patch32"    # HF hub id or local directory; "" = random init
+  c.model.clip_arch = ml_collections.ConfigDict()  # architecture for random init (clip="")
+  c.model.tokenizer = config_dict.placeholder(str)  # default: the CLIP checkpoint's own
+  c.model.n_ctx = 8
+  c.model.class_specific = True
+  c.model.class_token_position = "end"
+  c.model.temporal_layers = 1
+  c.model.temporal_heads = 8
+  c.model.temporal_dim_head = 64
+  c.model.temporal_mlp_dim = 1024
+  c.model.text_type = "class_descriptor"  # class_names | class_names_with_context | class_descriptor
+  c.model.class_texts_file = config_dict.placeholder(str)  # one line per class, overrides text_type
+  c.model.normalize_input = False  # the official loader feeds [0, 1] pixels without CLIP mean/std
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "sgd"
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 1e-4
+  c.optim.milestones = (30, 40)  # epochs; lr *= gamma at each
+  c.optim.gamma = 0.1
+  # Regexes over '/'-joined param paths; params in no group are frozen (the text tower, the
+  # token embeddings, logit_scale).
+  c.optim.groups = ml_collections.ConfigDict(dict(
+      temporal="temporal/.*",
+      image_encoder="clip/(vision_model|visual_projection)/.*",
+      prompt_learner="prompt_learner/.*",
+  ))
+  c.optim.lr = ml_collections.ConfigDict(dict(temporal=1e-2, image_encoder=1e-5, prompt_learner=1e-3))
+  c.label_smoothing = 0.0
+
+  c.batch_size = 48             # global, across all devices and hosts
+  c.eval_batch_size = 48
+  c.num_epochs = 50
+  c.max_steps = config_dict.placeholder(int)  # stop after this many steps (smoke runs)
+  c.log_every = 10
+  c.eval_every_epochs = 1
+  c.checkpoint_every = 500      # steps; also at every evaluation and at the end
+  c.best_metric = "eval/uar"    # the official code keeps the best WAR; the papers report UAR too
+  c.eval_num_clips = 1          # 1 = the official single centred clip per video
+  c.zeroshot_template = "{}"    # --mode=zeroshot prompts: template.format(class text)
+  c.seed = 1
+  c.dtype = "float32"           # matmul dtype: float32 or bfloat16 (params stay float32)
+  c.remat = False
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  c.num_devices = 0             # use the first N devices of each host's view (0 = all of them)
+  c.shard_min_size = 2 ** 16    # params smaller than this many elements stay replicated
+  c.progress_bars = True
+  return c

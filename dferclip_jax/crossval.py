@@ -1,0 +1,96 @@
+"""K-fold cross-validation as the papers report it: one training run per fold, each in its own
+resumable sub-workdir, then per-fold and mean +- std UAR/WAR (of each fold's best checkpoint, as
+the official code reports, and of its final one).
+
+The per-fold config is the config file called with ``fold=k``, with the command line's
+``--config.*`` overrides applied again, so that every fold follows the same recipe.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from dferclip_jax.train import config_checks, reporting
+
+RESULTS_FILE = "crossval_results.json"
+
+
+def load_config_file(spec: str):
+  """``path/to/config.py[:args]`` -> its ``get_config(args)``."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_crossval_config", path)
+  if module_spec is None or not Path(path).is_file():
+    raise FileNotFoundError(f"{path}: no such config file")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def fold_config(config_file: str, fold: int, overrides: Mapping[str, Any]):
+  """The config of one fold: the file's ``get_config('fold=k')`` plus the same overrides."""
+  path, _, arg = config_file.partition(":")
+  args = [a for a in arg.split(",") if a and not a.strip().startswith("fold=")]
+  if fold:
+    args.append(f"fold={fold}")
+  config = load_config_file(f"{path}:{','.join(args)}")
+  for dotted, value in overrides.items():
+    if dotted == "fold":
+      continue  # the fold is what this command varies
+    node = config
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def folds_of(dataset: str) -> list[int]:
+  n = config_checks.DATASETS.get(dataset)
+  if n is None:
+    raise ValueError(f"unknown dataset {dataset!r}")
+  return list(range(1, n + 1)) if n else [0]
+
+
+def summarize(per_fold: Sequence[dict]) -> dict:
+  out = {}
+  for which in ("best", "final"):
+    for metric in ("uar", "war"):
+      values = np.array([f[which][metric] for f in per_fold], np.float64)
+      out[f"{which}/{metric}"] = {"mean": float(values.mean()), "std": float(values.std()),
+                                  "values": values.tolist()}
+  return out
+
+
+def run_crossval(config_file: str, overrides: Mapping[str, Any], workdir: str | Path,
+                 folds: Sequence[int] | None, train_fn: Callable) -> dict:
+  """Trains every fold (``train_fn(config, workdir) -> summary``), skipping finished ones."""
+  workdir = Path(workdir)
+  base = load_config_file(config_file)
+  folds = list(folds) if folds else folds_of(base.dataset)
+  per_fold = []
+  for fold in folds:
+    fold_dir = workdir / (f"fold_{fold}" if fold else "split")
+    done = fold_dir / "results.json"
+    if done.is_file() and json.loads(done.read_text()).get("complete"):
+      summary = json.loads(done.read_text())
+    else:
+      summary = train_fn(fold_config(config_file, fold, overrides), fold_dir)
+    per_fold.append({"fold": fold, "workdir": str(fold_dir),
+                     "best": {k: summary["best"][k] for k in ("uar", "war", "step")},
+                     "final": {k: summary["final"][k] for k in ("uar", "war", "step")}})
+  results = {"config": config_file, "folds": per_fold, "summary": summarize(per_fold)}
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / RESULTS_FILE).write_text(json.dumps(reporting._plain(results), indent=2) + "\n")
+  rows = [(f"fold {f['fold']}", f"best UAR {f['best']['uar']:.2f}  WAR {f['best']['war']:.2f}   "
+                                f"final UAR {f['final']['uar']:.2f}  WAR {f['final']['war']:.2f}")
+          for f in per_fold]
+  s = results["summary"]
+  rows.append(("mean +- std", f"best UAR {s['best/uar']['mean']:.2f} +- {s['best/uar']['std']:.2f}  "
+                              f"WAR {s['best/war']['mean']:.2f} +- {s['best/war']['std']:.2f}"))
+  print(reporting.log_table("cross-validation", rows))
+  return results

@@ -1,0 +1,147 @@
+"""Evaluate a model on a test list or TFDS split: WAR, UAR, per-class recall, confusion matrix.
+
+The model can come from a training workdir (its best or latest checkpoint), from an exported or
+converted model directory (``model.json`` + ``variables/``), or straight from an official
+DFER-CLIP ``.pth``. Variables are restored onto the current mesh, whatever mesh trained them.
+Test-time options: the official single centred clip, or multi-clip averaging
+(``--config.eval_num_clips=K``: K temporal offsets, softmax probabilities averaged).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import logging
+
+from dferclip_jax import export, metrics as metrics_lib, official, plots
+from dferclip_jax.models.dferclip import model_from_kwargs
+from dferclip_jax.train import checkpointing, data_setup, reporting
+from dferclip_jax.train import sharding as sharding_lib
+from dferclip_jax.train import train_step as steps
+
+
+def _progress(desc: str, enabled: bool):
+  if not enabled or jax.process_index() != 0:
+    return None
+  from tqdm import tqdm
+  return tqdm(desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+
+
+def evaluate_batches(eval_step, variables, batches, mesh, num_classes: int, progress: bool = True,
+                     desc: str = "eval") -> tuple[np.ndarray, float]:
+  """Runs a jitted ``eval_step`` over host-local padded batches -> (confusion matrix, mean loss)."""
+  totals = jax.device_put(steps.empty_eval_totals(num_classes), sharding_lib.replicated(mesh))
+  bar = _progress(desc, progress)
+  for local in batches:
+    batch = sharding_lib.global_batch({k: local[k] for k in ("video", "label", "mask")}, mesh)
+    totals = eval_step(variables, batch, totals)
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  totals = jax.device_get(totals)
+  cm = np.rint(totals["confusion"]).astype(np.int64)
+  return cm, float(totals["loss_sum"]) / max(int(cm.sum()), 1)
+
+
+def load_model_for_eval(checkpoint: str, workdir: str | Path | None, mesh, min_shard_size: int,
+                        **overrides):
+  """-> (model, variables on the mesh, class names or None, a description of the source)."""
+  shardings = lambda tree: sharding_lib.tree_shardings(tree, mesh, min_shard_size)
+  path = Path(checkpoint).expanduser()
+  if checkpoint in ("best", "latest"):
+    if workdir is None:
+      raise ValueError(f"--checkpoint={checkpoint} needs --workdir (the training run's directory)")
+    workdir = Path(workdir)
+    card = export.read_model_card_file(workdir / export.MODEL_FILE)
+    manager = checkpointing.Checkpointer(workdir / "checkpoints", "eval/uar", asynchronous=False)
+    step = manager.best_step() if checkpoint == "best" else manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{workdir}/checkpoints: no {checkpoint} checkpoint (has the run "
+                              f"evaluated at least once?)")
+    variables = manager.restore_variables(step, shardings)
+    manager.close()
+    model = model_from_kwargs(card["model"], **overrides)
+    return model, variables, card.get("class_names") or None, f"{workdir} step {step} ({checkpoint})"
+  if path.suffix == ".pth":
+    model, variables = official.load_checkpoint(path)
+    model = model.clone(**overrides)
+    return model, sharding_lib.put_global(variables, shardings(variables)), None, f"official {path}"
+  model, variables, card = export.load_model(path, shardings=shardings, **overrides)
+  return model, variables, card.get("class_names") or None, str(path)
+
+
+def check_class_names(model_names, config_names, source: str) -> None:
+  """A model meets only the class order it was trained with."""
+  if model_names is not None and list(model_names) != list(config_names):
+    raise ValueError(f"{source} was trained with classes {list(model_names)}, but the config says "
+                     f"{list(config_names)}: a permuted or different order would mislabel every clip")
+
+
+def run_evaluation(config, workdir: str | Path, checkpoint: str = "best", out_name: str | None = None) -> dict:
+  """Evaluates ``checkpoint`` (best | latest | model dir | official .pth) on the config's test data."""
+  import jax.numpy as jnp
+  mesh = sharding_lib.make_mesh(config.mesh, num_devices=config.num_devices)
+  model, variables, names, source = load_model_for_eval(
+      checkpoint, workdir, mesh, config.shard_min_size, dtype=jnp.dtype(config.dtype))
+  check_class_names(names, config.class_names, source)
+  return evaluate_model(config, workdir, model, variables, source, out_name or _slug(checkpoint), mesh)
+
+
+def run_zeroshot(config, workdir: str | Path) -> dict:
+  """Zero-shot CLIP (no training) on the config's test data: the baseline."""
+  import jax.numpy as jnp
+  from dferclip_jax.models.zeroshot import build_zeroshot
+  from dferclip_jax.train import model_setup
+  if not config.model.clip:
+    raise ValueError("zero-shot needs pretrained CLIP weights: set config.model.clip (a hub id or a "
+                     "local Hugging Face CLIP directory)")
+  mesh = sharding_lib.make_mesh(config.mesh, num_devices=config.num_devices)
+  texts = model_setup.load_class_texts(config)
+  clip_config, clip_params, tokenizer = model_setup.clip_and_tokenizer(config, texts, None)
+  model, variables = build_zeroshot(clip_config, clip_params, texts, tokenizer,
+                                    template=config.zeroshot_template,
+                                    num_frames=config.data.num_frames, dtype=jnp.dtype(config.dtype))
+  variables = sharding_lib.put_global(
+      variables, sharding_lib.tree_shardings(variables, mesh, config.shard_min_size))
+  return evaluate_model(config, workdir, model, variables, f"zero-shot {config.model.clip}",
+                        "zeroshot", mesh)
+
+
+def evaluate_model(config, workdir, model, variables, source: str, out_name: str, mesh) -> dict:
+  """Runs ``model`` over the test data; writes ``workdir/evaluation/<out_name>/{report.json,
+  confusion_matrix.png}``, prints the table, returns the report."""
+  workdir = Path(workdir)
+  local_batch = sharding_lib.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
+  if model.num_classes != len(config.class_names):
+    raise ValueError(f"{source} has {model.num_classes} classes, the config {len(config.class_names)}")
+  data = data_setup.open_test_data(config, workdir)
+  image_size = model.clip_config.vision_config.image_size
+  eval_step = jax.jit(steps.make_eval_step(model, model.num_classes))
+  cm, loss = evaluate_batches(eval_step, variables, data.eval_batches(local_batch, image_size,
+                                                                      config.eval_num_clips),
+                              mesh, model.num_classes, config.progress_bars)
+  report = {**metrics_lib.classification_report(cm, config.class_names), "loss": loss,
+            "checkpoint": source, "num_clips_per_video": config.eval_num_clips,
+            "skipped_clips": data.skipped_report()}
+  if jax.process_index() == 0:
+    out = workdir / "evaluation" / out_name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(reporting._plain(report), indent=2) + "\n")
+    plots.save_confusion_matrix(cm, config.class_names, out / "confusion_matrix.png",
+                                title=f"UAR {report['uar']:.2f}, WAR {report['war']:.2f}")
+    report["output_dir"] = str(out)
+  rows = [("model", source), ("clips", str(report["num_clips"])),
+          ("UAR", f"{report['uar']:.2f}"), ("WAR", f"{report['war']:.2f}")]
+  rows += [(f"recall {k}", "n/a" if v is None else f"{v:.2f}") for k, v in report["recall"].items()]
+  print(reporting.log_table("evaluation", rows))
+  return report
+
+
+def _slug(checkpoint: str) -> str:
+  if checkpoint in ("best", "latest"):
+    return checkpoint
+  return Path(checkpoint).name.replace(".", "_") or "model"

@@ -1,0 +1,101 @@
+"""Orbax checkpoints of a training run: asynchronous saves, the latest kept for resuming and the
+best (by ``config.best_metric``) kept for evaluation; restore onto any mesh.
+
+Each step directory holds two items: ``state`` (params, frozen params, prompt ids, optimizer
+state, step, rng) and ``meta`` (JSON: step, epoch, data position, best-so-far), so a restarted run
+continues exactly where the checkpoint left it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+
+class Checkpointer:
+
+  def __init__(self, directory: str | Path, best_metric: str, asynchronous: bool = True):
+    self.directory = Path(directory).absolute()
+    self.best_metric = best_metric
+    keep = policies.AnyPreservationPolicy([
+        policies.LatestN(n=1),
+        # Only saves made at an evaluation carry metrics; the others are for resuming.
+        policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
+                       keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=keep,
+                                           enable_async_checkpointing=asynchronous, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, meta: Mapping[str, Any], metrics: Mapping[str, float] | None = None,
+           force: bool = True) -> None:
+    """Starts an asynchronous save (returns once the arrays are copied off the devices)."""
+    if step in self.manager.all_steps():
+      return
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta)))
+    self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None, force=force)
+
+  def restore(self, step: int, abstract_state):
+    """-> (state laid out as ``abstract_state``'s shardings, meta dict)."""
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    restored = self.manager.restore(step, args=args)
+    return restored["state"], dict(restored["meta"])
+
+  def restore_meta(self, step: int) -> dict:
+    restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored["meta"])
+
+  def best_step(self) -> int | None:
+    """The step of the best evaluation so far (from the latest checkpoint's meta)."""
+    latest = self.latest_step()
+    if latest is None:
+      return None
+    best = self.restore_meta(latest).get("best")
+    return None if best is None else int(best["step"])
+
+  def restore_variables(self, step: int, shardings=None) -> dict:
+    """Only the model's variables of a step (no optimizer state): ``{"params", "prompts"}``.
+
+    ``shardings`` maps the abstract variable tree to target shardings (any mesh); default: all
+    on the first device.
+    """
+    from dferclip_jax.train.optimizer import merge_params
+    path = self.directory / str(step) / "state"
+    with ocp.PyTreeCheckpointer() as reader:
+      stored = reader.metadata(path)
+      stored = getattr(stored, "item_metadata", stored)
+      stored = getattr(stored, "tree", stored)
+      abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), stored[k],
+                                  is_leaf=lambda m: hasattr(m, "shape"))
+                  for k in ("params", "frozen", "prompts")}
+      if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target_shardings = jax.tree.map(lambda _: device, abstract)
+      else:
+        target_shardings = shardings(abstract)
+      args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), target_shardings)
+      restored = reader.restore(path, args=ocp.args.PyTreeRestore(
+          item=abstract, restore_args=args, partial_restore=True))
+    return {"params": merge_params(restored["params"], restored["frozen"]), "prompts": restored["prompts"]}
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_with_shardings(tree, shardings):
+  """ShapeDtypeStructs carrying the target shardings: what restore lays the arrays out as."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -1,0 +1,84 @@
+"""Config validation: every bad value is reported by its config path before anything compiles.
+
+The mesh and batch divisibility are checked in ``sharding`` (they need the device count); the
+annotation files' contents are checked line by line when the data is opened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATASETS = {"dfew": 5, "mafw": 5, "ferv39k": 0, "synthetic": 5}  # name -> number of folds
+DTYPES = ("float32", "bfloat16")
+TEXT_TYPES = ("class_names", "class_names_with_context", "class_descriptor")
+POSITIONS = ("end", "middle", "front")
+AUGMENTATIONS = ("dfew", "ferv39k", "mafw", "none")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work, named by its path."""
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def check_config(config) -> None:
+  _require(config.dataset in DATASETS,
+           f"config.dataset={config.dataset!r}: unknown dataset; expected one of {sorted(DATASETS)}")
+  folds = DATASETS[config.dataset]
+  if folds:
+    _require(1 <= config.fold <= folds,
+             f"config.fold={config.fold}: {config.dataset} has folds 1..{folds}")
+  _require(len(config.class_names) >= 2, "config.class_names: at least two classes are needed")
+  _require(len(set(config.class_names)) == len(config.class_names),
+           f"config.class_names has duplicates: {list(config.class_names)}")
+
+  d = config.data
+  _require(d.source in ("lists", "tfds"), f"config.data.source={d.source!r}: expected 'lists' or 'tfds'")
+  _require(d.on_bad_clip in ("error", "skip"),
+           f"config.data.on_bad_clip={d.on_bad_clip!r}: expected 'error' or 'skip'")
+  _require(d.augmentation in AUGMENTATIONS,
+           f"config.data.augmentation={d.augmentation!r}: expected one of {AUGMENTATIONS}")
+  _require(d.num_frames >= 1, f"config.data.num_frames={d.num_frames}: must be at least 1")
+  if d.source == "lists" and config.dataset != "synthetic":
+    for field in ("train_list", "test_list"):
+      value = d[field]
+      _require(bool(value), f"config.data.{field} is empty: give the annotation list file")
+      _require(Path(value).expanduser().is_file(),
+               f"config.data.{field}={value!r}: no such annotation file (make lists with "
+               f"`python -m dferclip_jax.cli.prepare`, or point data.{field} at yours)")
+    if d.root is not None:
+      _require(Path(d.root).expanduser().is_dir(), f"config.data.root={d.root!r}: no such directory")
+  if d.source == "tfds":
+    _require(bool(d.tfds_name), "config.data.tfds_name is unset, but config.data.source='tfds'")
+
+  m = config.model
+  _require(m.class_token_position in POSITIONS,
+           f"config.model.class_token_position={m.class_token_position!r}: expected one of {POSITIONS}")
+  _require(m.text_type in TEXT_TYPES, f"config.model.text_type={m.text_type!r}: expected one of {TEXT_TYPES}")
+  if m.class_texts_file:
+    _require(Path(m.class_texts_file).expanduser().is_file(),
+             f"config.model.class_texts_file={m.class_texts_file!r}: no such file")
+  _require(m.n_ctx >= 1, f"config.model.n_ctx={m.n_ctx}: must be at least 1")
+  _require(m.temporal_layers >= 1, f"config.model.temporal_layers={m.temporal_layers}: must be >= 1")
+  if not m.clip:
+    _require(len(m.clip_arch) > 0, "config.model.clip is empty (random init) but config.model.clip_arch "
+                                   "gives no architecture")
+
+  _require(config.dtype in DTYPES, f"config.dtype={config.dtype!r}: expected one of {DTYPES}")
+  for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every", "checkpoint_every",
+                "eval_every_epochs", "eval_num_clips"):
+    _require(int(config[field]) >= 1, f"config.{field}={config[field]}: must be a positive integer")
+  if config.max_steps is not None:
+    _require(config.max_steps >= 1, f"config.max_steps={config.max_steps}: must be positive (or unset)")
+  _require(config.best_metric in ("eval/uar", "eval/war"),
+           f"config.best_metric={config.best_metric!r}: expected 'eval/uar' or 'eval/war'")
+  _require(0.0 <= config.label_smoothing < 1.0,
+           f"config.label_smoothing={config.label_smoothing}: must be in [0, 1)")
+  o = config.optim
+  _require(o.momentum >= 0 and o.weight_decay >= 0,
+           "config.optim.momentum and config.optim.weight_decay must be non-negative")
+  _require(set(o.lr.keys()) >= set(o.groups.keys()),
+           f"config.optim.lr lacks a learning rate for groups {sorted(set(o.groups) - set(o.lr))}")

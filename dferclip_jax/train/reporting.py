@@ -1,0 +1,108 @@
+"""Where numbers go: ``metrics.jsonl`` (one JSON object per logged step or evaluation), TensorBoard
+event files, and the console.
+
+On resume the jsonl is cut back to the restored step, so that a run killed and restarted ends
+with the same file as an uninterrupted one (the steps after the last checkpoint are re-run and
+re-logged, not duplicated).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _plain(value: Any) -> Any:
+  """JSON-safe: numpy/jax scalars to Python numbers, NaN/inf to None."""
+  if isinstance(value, Mapping):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0:
+    value = np.asarray(value).item()
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, (float, np.floating)):
+    value = float(value)
+    return value if math.isfinite(value) else None
+  if isinstance(value, np.ndarray):
+    return _plain(value.tolist())
+  return value
+
+
+def read_metrics(workdir: str | Path) -> list[dict]:
+  path = Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return []
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  records = []
+  for number, line in enumerate(lines, 1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if number == len(lines):  # a run killed mid-write leaves a partial last line: drop it
+        break
+      raise ValueError(f"{path}:{number}: not a JSON line") from None
+  return records
+
+
+class MetricWriter:
+  """Writes on the first host only; every host may call it."""
+
+  def __init__(self, workdir: str | Path, resume_step: int = 0, tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self.path = Path(workdir) / METRICS_FILE
+    self._tb = None
+    if not self.active:
+      return
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    if self.path.exists():  # keep only what the restored state had already produced
+      kept = [r for r in read_metrics(self.path.parent) if r.get("step", 0) <= resume_step]
+      self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    if tensorboard:
+      import tensorflow as tf
+      self._tb = tf.summary.create_file_writer(str(Path(workdir) / "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, Any], extra: Mapping[str, Any] | None = None):
+    """One jsonl record {"step", **scalars, **extra}; scalars also go to TensorBoard."""
+    if not self.active:
+      return
+    record = {"step": int(step), **_plain(dict(scalars)), **_plain(dict(extra or {}))}
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      import tensorflow as tf
+      with self._tb.as_default(step=int(step)):
+        for name, value in scalars.items():
+          value = _plain(value)
+          if isinstance(value, (int, float)):
+            tf.summary.scalar(name, value)
+      self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def format_scalars(scalars: Mapping[str, Any]) -> str:
+  parts = []
+  for name, value in scalars.items():
+    value = _plain(value)
+    parts.append(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
+  return " ".join(parts)
+
+
+def log_table(title: str, rows: list[tuple[str, str]]) -> str:
+  """A two-column text table, logged and returned (evaluation prints it)."""
+  width = max((len(k) for k, _ in rows), default=0)
+  text = "\n".join([title] + [f"  {k.ljust(width)}  {v}" for k, v in rows])
+  logging.info("%s", text)
+  return text

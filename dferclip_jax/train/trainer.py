@@ -1,0 +1,238 @@
+"""The training job: one readable ``train_and_evaluate`` in commented sections.
+
+mesh -> data -> model -> param groups and optimizer -> shardings -> state born sharded (or
+restored from the latest checkpoint, onto this mesh) -> jitted, donated train step -> loop with
+logging, evaluation each epoch, checkpoints -> final report.
+
+A run killed at any moment and started again with the same command resumes from its latest
+checkpoint: params, optimizer state, step, rng and data position (the input pipeline is a pure
+function of the seed and the step), and ends with the same metrics as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from dferclip_jax import evaluation, metrics as metrics_lib
+from dferclip_jax import plots
+from dferclip_jax.train import checkpointing, config_checks, data_setup, model_setup, optimizer, reporting
+from dferclip_jax.train import sharding as sharding_lib
+from dferclip_jax.train import train_step as steps
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced NaN or inf; the run stops with the step that did it."""
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+  if not enabled or jax.process_index() != 0:
+    return None
+  from tqdm import tqdm
+  return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+
+
+def train_and_evaluate(config, workdir: str | Path) -> dict:
+  """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the final
+  evaluation report."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  # ---------------------------------------------------------------------- checks, mesh
+  config_checks.check_config(config)  # every bad value fails here, before any compilation
+  mesh = sharding_lib.make_mesh(config.mesh, num_devices=config.num_devices)
+  local_batch = sharding_lib.check_batch_size(config.batch_size, mesh, "config.batch_size")
+  local_eval_batch = sharding_lib.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
+  logging.info("mesh %s over %d devices (%d hosts)", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+
+  # ---------------------------------------------------------------------- input
+  data = data_setup.open_data(config, workdir)
+  steps_per_epoch = data.num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"config.batch_size={config.batch_size} is larger than the {data.num_train} "
+                     f"training clips: not one full batch per epoch")
+  total_steps = config.num_epochs * steps_per_epoch
+  if config.max_steps is not None:
+    total_steps = min(total_steps, int(config.max_steps))
+  eval_every = max(1, config.eval_every_epochs) * steps_per_epoch
+  logging.info("%d training clips, %d test clips; %d steps per epoch, %d steps", data.num_train,
+               data.num_test, steps_per_epoch, total_steps)
+
+  # ---------------------------------------------------------------------- model
+  bundle = model_setup.build_model(config, rng=jax.random.PRNGKey(config.seed))
+  model, variables = bundle.model, bundle.variables
+  model_setup.write_model_card(workdir, bundle, config)
+  image_size = model.clip_config.vision_config.image_size
+
+  # ---------------------------------------------------------------------- param groups, optimizer
+  assignment = optimizer.assign_groups(variables["params"], dict(config.optim.groups))
+  trainable, frozen = optimizer.split_params(variables["params"], assignment)
+  trainable_assignment = {k: g for k, g in assignment.items() if g != optimizer.FROZEN}
+  tx, schedules = optimizer.make_optimizer(config.optim, trainable_assignment, steps_per_epoch)
+  _log_groups(assignment, variables["params"])
+
+  # ---------------------------------------------------------------------- shardings, state
+  host_state = {"params": trainable, "frozen": frozen, "prompts": variables["prompts"]}
+  abstract = jax.eval_shape(lambda s: {**s, "opt": tx.init(s["params"]),
+                                       "step": jnp.zeros((), jnp.int32),
+                                       "rng": jax.random.PRNGKey(0)}, host_state)
+  state_shardings = sharding_lib.tree_shardings(abstract, mesh, config.shard_min_size)
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", config.best_metric)
+  start_step = checkpointer.latest_step()
+  if start_step is not None:
+    state, meta = checkpointer.restore(
+        start_step, checkpointing.abstract_with_shardings(abstract, state_shardings))
+    _check_resume(meta, config, start_step)
+    logging.info("resumed from step %d (epoch %.2f)", start_step, start_step / steps_per_epoch)
+  else:
+    start_step, meta = 0, {"best": None}
+    placed = sharding_lib.put_global(host_state, {k: state_shardings[k] for k in host_state})
+
+    # Params are born sharded: the optimizer state is created by a jit whose outputs are laid
+    # out by the same rule, never materialised whole on one device.
+    def init_rest(params):
+      return {"opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
+              "rng": jax.random.PRNGKey(config.seed)}
+    rest = jax.jit(init_rest, out_shardings={k: state_shardings[k] for k in ("opt", "step", "rng")})(
+        placed["params"])
+    state = {**placed, **rest}
+  del variables, host_state, trainable, frozen
+  sharded = sharding_lib.describe_sharding(state["params"])
+  if sharded:
+    logging.info("fsdp-sharded params: %d (e.g. %s)", len(sharded), next(iter(sharded.items())))
+
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  train_step = jax.jit(steps.make_train_step(model, tx, schedules, config.label_smoothing),
+                       in_shardings=(state_shardings, batch_sharding),
+                       out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                       donate_argnums=(0,))
+  eval_step = jax.jit(steps.make_eval_step(model, bundle.num_classes))
+
+  writer = reporting.MetricWriter(workdir, resume_step=start_step)
+  best = meta.get("best")
+
+  def run_eval(step: int) -> dict:
+    cm, loss = evaluation.evaluate_batches(
+        eval_step, steps.variables_of(state),
+        data.eval_batches(local_eval_batch, image_size, config.eval_num_clips),
+        mesh, bundle.num_classes, config.progress_bars)
+    report = metrics_lib.classification_report(cm, bundle.class_names)
+    scalars = {"eval/uar": report["uar"], "eval/war": report["war"], "eval/loss": loss}
+    scalars.update({f"eval/recall/{name}": r for name, r in report["recall"].items()})
+    writer.write(step, scalars, {"eval/confusion_matrix": report["confusion_matrix"],
+                                 "epoch": step / steps_per_epoch})
+    logging.info("step %d eval: UAR %.2f WAR %.2f loss %.4f", step, report["uar"], report["war"], loss)
+    _write_eval_files(workdir, report, bundle.class_names, step, suffix="")
+    return {**report, "loss": loss, "step": step}
+
+  # ---------------------------------------------------------------------- training loop
+  batches = data.train_batches(local_batch, image_size, start_step)
+  bar = _progress(total_steps, start_step, "train", config.progress_bars)
+  pending = None  # (step, metrics) of the previous step: checked one step late, no pipeline stall
+  last_eval = None
+  step = start_step
+  try:
+    while step < total_steps:
+      local = next(batches)
+      batch = sharding_lib.global_batch({"video": local["video"], "label": local["label"]}, mesh)
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      if pending is not None:
+        _check_and_log(pending, writer, config.log_every)
+      pending = (step, step_metrics)
+      if bar is not None:
+        bar.update(1)
+      is_eval = step % eval_every == 0 or step == total_steps
+      if is_eval:
+        _check_and_log(pending, writer, config.log_every)
+        pending = None
+        last_eval = run_eval(step)
+        value = last_eval[config.best_metric.split("/", 1)[1]]
+        if best is None or value > best["value"]:
+          best = {"metric": config.best_metric, "value": value, "step": step,
+                  "uar": last_eval["uar"], "war": last_eval["war"]}
+          _write_eval_files(workdir, last_eval, bundle.class_names, step, suffix="_best")
+        checkpointer.save(step, state, _meta(step, steps_per_epoch, best, config),
+                          metrics={config.best_metric: value})
+      elif step % config.checkpoint_every == 0:
+        checkpointer.save(step, state, _meta(step, steps_per_epoch, best, config))
+    if pending is not None:
+      _check_and_log(pending, writer, config.log_every)
+  finally:
+    if bar is not None:
+      bar.close()
+    checkpointer.close()
+    writer.close()
+
+  if last_eval is None:  # resumed after the final evaluation: report what the checkpoint holds
+    last_eval = run_eval(step)
+  summary = {"final": {k: last_eval[k] for k in ("uar", "war", "loss", "step", "recall")},
+             "best": best, "steps": step, "steps_per_epoch": steps_per_epoch,
+             "complete": step >= total_steps,
+             "skipped_clips": data.skipped_report()}
+  if jax.process_index() == 0:
+    (workdir / "results.json").write_text(json.dumps(reporting._plain(summary), indent=2) + "\n")
+  reporting.log_table("final evaluation", [("UAR", f"{last_eval['uar']:.2f}"),
+                                           ("WAR", f"{last_eval['war']:.2f}"),
+                                           ("best " + config.best_metric, f"{best['value']:.2f} "
+                                            f"(step {best['step']})")])
+  return summary
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _meta(step, steps_per_epoch, best, config) -> dict:
+  return {"step": step, "epoch": step / steps_per_epoch, "best": best,
+          "data": {"next_step": step, "seed": config.seed, "batch_size": config.batch_size},
+          "steps_per_epoch": steps_per_epoch}
+
+
+def _check_resume(meta: dict, config, step: int) -> None:
+  """The data position must follow the same recipe, or the resumed run would see other batches."""
+  data = meta.get("data", {})
+  for key, now in (("seed", config.seed), ("batch_size", config.batch_size)):
+    if key in data and data[key] != now:
+      raise ValueError(f"the checkpoint at step {step} was made with {key}={data[key]}, but the "
+                       f"config now says {now}: use a new --workdir for a different recipe")
+
+
+def _check_and_log(pending, writer, log_every: int) -> None:
+  step, step_metrics = pending
+  values = jax.device_get(step_metrics)
+  for name in ("train/loss", "train/grad_norm"):
+    if not math.isfinite(float(values[name])):
+      raise NonFiniteLossError(f"step {step}: {name} is {float(values[name])}; stopping (the last "
+                               f"checkpoint holds the state before it)")
+  if step % log_every == 0 or step == 1:
+    writer.write(step, values)
+    logging.info("step %d %s", step, reporting.format_scalars(
+        {k: v for k, v in values.items() if not k.startswith("train/lr")}))
+
+
+def _write_eval_files(workdir: Path, report: dict, class_names, step: int, suffix: str) -> None:
+  if jax.process_index() != 0:
+    return
+  cm = np.asarray(report["confusion_matrix"])
+  plots.save_confusion_matrix(cm, class_names, workdir / f"confusion_matrix{suffix}.png",
+                              title=f"step {step}: UAR {report['uar']:.2f}, WAR {report['war']:.2f}")
+  (workdir / f"eval{suffix}.json").write_text(json.dumps(reporting._plain({**report, "step": step}),
+                                                         indent=2) + "\n")
+
+
+def _log_groups(assignment, params) -> None:
+  from flax import traverse_util
+  flat = traverse_util.flatten_dict(params)
+  counts: dict[str, int] = {}
+  for path, group in assignment.items():
+    counts[group] = counts.get(group, 0) + int(np.prod(np.shape(flat[path])))
+  for group, count in sorted(counts.items()):
+    logging.info("param group %-15s %12d parameters", group, count)

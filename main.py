@@ -1,0 +1,117 @@
+r"""dferclip-jax: train, evaluate and run DFER-CLIP (and the HESP open-set task) from one command.
+
+Modes (--mode), one example each:
+
+  train      python main.py --config=configs/dfew.py:fold=1 --workdir=runs/dfew1 --config.data.root=/data/DFEW
+             (trains and evaluates every epoch; the same command again resumes after preemption)
+  evaluate   python main.py --mode=evaluate --config=configs/dfew.py:fold=1 --workdir=runs/dfew1 --checkpoint=best
+             (--checkpoint: best | latest | a converted/exported model dir | an official .pth)
+  predict    python main.py --mode=predict --config=configs/dfew.py --workdir=runs/dfew1 \
+                 --inputs=clips/a,clips/b.mp4,@more_inputs.txt --output=predictions.jsonl
+  crossval   python main.py --mode=crossval --config=configs/dfew.py --workdir=runs/dfew_cv [--folds=1,2]
+  zeroshot   python main.py --mode=zeroshot --config=configs/dfew.py:fold=1 --workdir=runs/zs1
+  openset    python main.py --mode=openset --config=configs/hesp_mafw.py --workdir=runs/hesp_mafw
+
+Any config value can be overridden with --config.<key>=<value>; a mistyped key is an error.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Quiet, and keep TensorFlow (the input pipeline) off the accelerators JAX uses.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/dfew.py:fold=1 (see configs/).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
+_MODE = flags.DEFINE_enum("mode", "train",
+                          ["train", "evaluate", "predict", "crossval", "zeroshot", "openset"],
+                          "What to run (see the module docstring for an example of each).")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "best", "evaluate/predict: 'best' or 'latest' of --workdir's run, a model directory "
+    "(model.json + variables/, e.g. from dferclip_jax.cli.convert_official), or an official .pth.")
+_INPUTS = flags.DEFINE_list("inputs", [], "predict: frame folders and video files; @FILE reads one "
+                            "path per line from FILE.")
+_OUTPUT = flags.DEFINE_string("output", "-", "predict: where the JSON lines go ('-' = stdout).")
+_TOP_K = flags.DEFINE_integer("top_k", 3, "predict: how many labels to list per input.")
+_FOLDS = flags.DEFINE_list("folds", [], "crossval: which folds (default: all of the dataset's).")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "true", "false"],
+    "Call jax.distributed.initialize(): 'auto' does when the environment shows several hosts "
+    "(JAX_COORDINATOR_ADDRESS, a multi-task SLURM job, or a multi-host TPU slice).")
+
+
+def _several_hosts() -> bool:
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  if int(env.get("SLURM_NTASKS", "1") or 1) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+    return True
+  return "," in env.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value == "true" or (_DISTRIBUTED.value == "auto" and _several_hosts()):
+    import jax
+    jax.distributed.initialize()
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")  # TensorFlow feeds data; JAX owns the accelerators
+
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
+  if not _WORKDIR.value and _MODE.value != "predict":
+    raise app.UsageError("--workdir is required")
+
+  logging.info("config:\n%s", config)
+  mode, workdir = _MODE.value, _WORKDIR.value
+  if mode == "train":
+    from dferclip_jax.train import trainer
+    trainer.train_and_evaluate(config, workdir)
+  elif mode == "evaluate":
+    from dferclip_jax import evaluation
+    evaluation.run_evaluation(config, workdir, _CHECKPOINT.value)
+  elif mode == "zeroshot":
+    from dferclip_jax import evaluation
+    evaluation.run_zeroshot(config, workdir)
+  elif mode == "predict":
+    _predict(config, workdir)
+  elif mode == "crossval":
+    from dferclip_jax import crossval
+    from dferclip_jax.train import trainer
+    flag = flags.FLAGS["config"]
+    crossval.run_crossval(config_flags.get_config_filename(flag), config_flags.get_override_values(flag),
+                          workdir, [int(f) for f in _FOLDS.value], trainer.train_and_evaluate)
+  elif mode == "openset":
+    from dferclip_jax.openset import experiment
+    experiment.run_openset(config, workdir)
+
+
+def _predict(config, workdir):
+  import jax.numpy as jnp
+  from dferclip_jax import evaluation, predict
+  from dferclip_jax.train import sharding
+  if not _INPUTS.value:
+    raise app.UsageError("--mode=predict needs --inputs")
+  mesh = sharding.make_mesh(config.mesh, num_devices=config.num_devices)
+  model, variables, names, source = evaluation.load_model_for_eval(
+      _CHECKPOINT.value, workdir, mesh, config.shard_min_size, dtype=jnp.dtype(config.dtype))
+  names = names or list(config.class_names)
+  logging.info("predicting with %s", source)
+  results = predict.predict(model, variables, predict.expand_inputs(_INPUTS.value), names,
+                            batch_size=config.eval_batch_size, top_k=_TOP_K.value,
+                            num_clips=config.eval_num_clips)
+  done, failed = predict.write_jsonl(results, _OUTPUT.value)
+  logging.info("predicted %d input(s); %d could not be read (see their 'error')", done, failed)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,120 @@
+"""Evaluate, predict and cross-validate: converted official checkpoints, frame folders, video files,
+unreadable inputs, and a 2-fold cross-validation of the demo."""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import demo
+from dferclip_jax import crossval, evaluation, predict
+from dferclip_jax.cli import convert_official
+from dferclip_jax.data import class_orders
+from dferclip_jax.export import load_model
+from dferclip_jax.train import sharding, trainer
+
+
+def softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def converted(official_fixture_dir, tmp_path_factory):
+  out = tmp_path_factory.mktemp("converted") / "model"
+  convert_official.convert(str(official_fixture_dir / "official.pth"), str(out),
+                           class_names=list(class_orders.DFERCLIP_7))
+  return out
+
+
+def fixture_config(official_fixture_dir, tmp_path):
+  """A config whose test list is the fixture's two frame folders (labels 0 and 1)."""
+  listing = tmp_path / "test.txt"
+  listing.write_text("".join(f"{official_fixture_dir / 'frames' / f'clip{i}'} 16 {i}\n" for i in (0, 1)))
+  config = demo.get_config()
+  config.dataset = "dfew"
+  config.fold = 1
+  config.data.test_list = str(listing)
+  config.data.train_list = str(listing)
+  config.data.num_frames = 16
+  config.eval_batch_size = 8
+  config.progress_bars = False
+  return config
+
+
+def test_official_checkpoint_evaluates_directly_and_converted(official_fixture_dir, converted, tmp_path):
+  config = fixture_config(official_fixture_dir, tmp_path)
+  expected = np.load(official_fixture_dir / "logits.npy").argmax(-1)
+  for checkpoint in (str(official_fixture_dir / "official.pth"), str(converted)):
+    report = evaluation.run_evaluation(config, tmp_path, checkpoint)
+    cm = np.array(report["confusion_matrix"])
+    assert cm.sum() == 2
+    assert cm[0, expected[0]] == 1 and cm[1, expected[1]] == 1  # the official predictions
+  assert (tmp_path / "evaluation" / "model" / "report.json").is_file()
+
+
+def test_class_order_mismatch_is_refused(official_fixture_dir, converted, tmp_path):
+  config = fixture_config(official_fixture_dir, tmp_path)
+  config.class_names = class_orders.HESP_7
+  with pytest.raises(ValueError, match="a permuted or different order would mislabel"):
+    evaluation.run_evaluation(config, tmp_path, str(converted))
+
+
+def write_video(path, frames):
+  av = pytest.importorskip("av")
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("mpeg4", rate=8)
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+def test_predict_folders_video_and_a_bad_input(official_fixture_dir, converted, tmp_path):
+  model, variables, card = load_model(converted)
+  video = np.load(official_fixture_dir / "video.npy")
+  write_video(tmp_path / "clip.mp4", video[0])
+  (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+  inputs = [str(official_fixture_dir / "frames" / "clip0"), str(tmp_path / "broken.mp4"),
+            str(official_fixture_dir / "frames" / "clip1"), str(tmp_path / "clip.mp4"),
+            str(tmp_path / "missing_folder")]
+  results = list(predict.predict(model, variables, inputs, card["class_names"], batch_size=4, top_k=2))
+  assert [r["input"] for r in results] == inputs
+  assert "not a readable video" in results[1]["error"] and "no such file" in results[4]["error"]
+  official = softmax(np.load(official_fixture_dir / "logits.npy"))
+  for row, result in zip(official, (results[0], results[2])):
+    probs = np.array([result["probs"][n] for n in card["class_names"]])
+    np.testing.assert_allclose(probs, row, atol=1e-4)  # PNG frames are lossless: official numbers
+    assert result["label"] == card["class_names"][row.argmax()] and len(result["top_k"]) == 2
+  # The mp4 is lossy: same frames, close probabilities.
+  mp4 = np.array([results[3]["probs"][n] for n in card["class_names"]])
+  assert np.abs(mp4 - official[0]).max() < 0.1
+  done, failed = predict.write_jsonl(results, str(tmp_path / "out.jsonl"))
+  assert (done, failed) == (3, 2)
+  lines = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+  assert len(lines) == 5
+
+
+def test_two_fold_crossval_of_the_demo(tmp_path):
+  def train(config, workdir):
+    config.data.num_frames = 4
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.max_steps = 4
+    config.progress_bars = False
+    return trainer.train_and_evaluate(config, workdir)
+
+  results = crossval.run_crossval("configs/demo.py:clips_per_class=6,epochs=1", {"data.synthetic.frames_range": (6, 8)},
+                                  tmp_path, [1, 2], train)
+  assert [f["fold"] for f in results["folds"]] == [1, 2]
+  s = results["summary"]["best/uar"]
+  assert s["mean"] == pytest.approx(np.mean(s["values"])) and s["std"] == pytest.approx(np.std(s["values"]))
+  assert (tmp_path / "fold_1" / "results.json").is_file() and (tmp_path / "fold_2" / "results.json").is_file()
+  saved = json.loads((tmp_path / crossval.RESULTS_FILE).read_text())
+  assert saved["summary"]["best/war"]["values"] == results["summary"]["best/war"]["values"]
+  # Finished folds are not trained again.
+  again = crossval.run_crossval("configs/demo.py:clips_per_class=6,epochs=1", {}, tmp_path, [1, 2],
+                                lambda *_: pytest.fail("retrained a finished fold"))
+  assert again["summary"] == results["summary"]
