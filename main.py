@@ -56,7 +56,19 @@ def _several_hosts() -> bool:
   return "," in env.get("TPU_WORKER_HOSTNAMES", "")
 
 
+def _quiet_library_logs() -> None:
+  """Orbax logs every save step at INFO; keep its warnings, drop the chatter."""
+  import logging as pylogging
+
+  class QuietOrbax(pylogging.Filter):
+    def filter(self, record):
+      return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+  logging.get_absl_handler().addFilter(QuietOrbax())
+
+
 def main(argv):
+  _quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _DISTRIBUTED.value == "true" or (_DISTRIBUTED.value == "auto" and _several_hosts()):
