@@ -42,11 +42,9 @@ def main(argv):
     flops = common.compiled_flops(compiled)
     record = {"bench": "clip_forward", "model": f.model, "dtype": dtype_name, "batch": batch,
               "images_per_s": batch / step_s, "step_s": step_s, "device": common.device_name()}
+    common.add_utilisation(record, flops, step_s, dtype_name)
     if flops:
       record["gflops_per_image"] = flops / batch / 1e9
-      peak = common.peak_flops(dtype_name)
-      if peak:
-        record["mfu"] = flops / step_s / peak
     baseline = baseline or record["images_per_s"]
     record["speedup_vs_first"] = record["images_per_s"] / baseline
     common.emit(record)

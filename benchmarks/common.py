@@ -63,5 +63,16 @@ def time_calls(fn, args, steps: int, warmup: int = 2) -> float:
   return times[len(times) // 2]
 
 
+def add_utilisation(record: dict, flops: float | None, step_s: float, dtype_name: str) -> dict:
+  """Adds ``flops_per_step`` and, where the device's peak is known, ``mfu`` (model FLOPs
+  utilisation: XLA-counted FLOPs per second over the dense peak)."""
+  if flops:
+    record["flops_per_step"] = flops
+    peak = peak_flops(dtype_name)
+    if peak:
+      record["mfu"] = flops / step_s / peak
+  return record
+
+
 def emit(record: dict) -> None:
   print(json.dumps(record), flush=True)

@@ -78,11 +78,7 @@ def main(argv):
     record = {"bench": "train_step", "model": "vit_b32", "batch": batch, "frames": f.frames,
               "dtype": dtype_name, "remat": f.remat, "clips_per_s": batch / step_s, "step_s": step_s,
               "device": common.device_name(), "devices": jax.device_count()}
-    if flops:
-      record["tflops_per_step"] = flops / 1e12
-      peak = common.peak_flops(dtype_name)
-      if peak:
-        record["mfu"] = flops / step_s / peak
+    common.add_utilisation(record, flops, step_s, dtype_name)
     baseline = baseline or record["clips_per_s"]
     record["speedup_vs_first"] = record["clips_per_s"] / baseline
     common.emit(record)

@@ -24,6 +24,7 @@ from typing import MutableMapping, Sequence
 
 from dferclip_jax.data import class_orders
 from dferclip_jax.data import frames as frames_lib
+from dferclip_jax.data import textfiles
 from dferclip_jax.data.records import ClipRecord
 
 ON_BAD_CLIP = ("error", "skip")
@@ -188,15 +189,7 @@ def format_skipped(skipped: Sequence[SkippedClip], limit: int | None = 20) -> st
 
 
 def _read_lines(path: str) -> list[tuple[int, str]]:
-  """(1-based line number, stripped text) of every non-blank line; BOM and CRLF tolerated."""
-  with open(path, "rb") as f:
-    data = f.read()
-  try:
-    text = data.decode("utf-8-sig")
-  except UnicodeDecodeError as err:
-    raise AnnotationError(f"{path}: not UTF-8 text ({err})") from None
-  rows = re.split(r"\r\n|\r|\n", text)
-  return [(i, row.strip()) for i, row in enumerate(rows, start=1) if row.strip()]
+  return textfiles.read_lines(path, AnnotationError)
 
 
 def _names_hint(class_names: Sequence[str] | None) -> str:

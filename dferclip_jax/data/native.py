@@ -30,6 +30,7 @@ import re
 from typing import Iterator, Mapping, MutableMapping, Sequence
 
 from dferclip_jax.data import class_orders
+from dferclip_jax.data import textfiles
 from dferclip_jax.data.records import ClipRecord
 
 DATASETS = ("dfew", "ferv39k", "mafw")
@@ -253,16 +254,7 @@ def _parse_mafw(path: str) -> Iterator[_Entry]:
 
 
 def _read_lines(path: str) -> list[tuple[int, str]]:
-  """(1-based line number, stripped text) of each non-blank line; BOM and CRLF tolerated."""
-  with open(path, "rb") as f:
-    data = f.read()
-  try:
-    text = data.decode("utf-8-sig")
-  except UnicodeDecodeError as err:
-    raise SplitFileError(f"{path}: not UTF-8 text ({err})") from None
-  # Only real line breaks: str.splitlines would also split on form feeds and the like.
-  rows = re.split(r"\r\n|\r|\n", text)
-  return [(i, line.strip()) for i, line in enumerate(rows, start=1) if line.strip()]
+  return textfiles.read_lines(path, SplitFileError)
 
 
 def _csv_fields(path: str, number: int, text: str) -> list[str]:

@@ -158,8 +158,8 @@ def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_s
     sampling_seed = tf.random.experimental.stateless_fold_in(key, _SAMPLING)
     indices = sampling.train_indices(count, sampling_seed, num_segments=num_frames)
     frames = sources_lib.decode_frames(*source.frames(handle, indices))
-    video = augment.augment_clip_255(frames, augmentation, image_size, key)
-    video = tf.ensure_shape(augment.quantize(video), [num_frames, image_size, image_size, 3])
+    video = augment.augment_clip_uint8(frames, augmentation, image_size, key)
+    video = tf.ensure_shape(video, [num_frames, image_size, image_size, 3])
     return {"video": video, "label": label}
 
   ds = tf.data.Dataset.range(start_step * batch_size, np.iinfo(np.int64).max)
@@ -189,7 +189,7 @@ def eval_dataset(source: Source, *, batch_size: int, image_size: int, num_frames
       count, label, handle = source.fetch(p)
       indices = sampling.test_indices(count, num_segments=num_frames, num_clips=num_clips)
       frames = sources_lib.decode_frames(*source.frames(handle, tf.reshape(indices, [-1])))
-      video = augment.quantize(augment.resize_clip_255(frames, image_size))
+      video = augment.resize_clip_uint8(frames, image_size)
       return tf.reshape(video, shape), label
 
     def padding():

@@ -1,0 +1,19 @@
+"""Reading the line-oriented text files datasets ship (lists, split files), tolerantly."""
+
+from __future__ import annotations
+
+import re
+
+
+def read_lines(path: str, error: type[Exception] = ValueError) -> list[tuple[int, str]]:
+  """(1-based line number, stripped text) of every non-blank line; a UTF-8 BOM and CRLF or CR
+  line ends are tolerated. Non-UTF-8 bytes raise ``error`` naming the file."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    text = data.decode("utf-8-sig")
+  except UnicodeDecodeError as err:
+    raise error(f"{path}: not UTF-8 text ({err})") from None
+  # Only real line breaks: str.splitlines would also split on form feeds and the like.
+  rows = re.split(r"\r\n|\r|\n", text)
+  return [(i, row.strip()) for i, row in enumerate(rows, start=1) if row.strip()]
