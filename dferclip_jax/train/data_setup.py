@@ -53,7 +53,7 @@ def synthetic_lists(config, workdir: Path) -> tuple[str, str, str]:
 
 def read_list(config, path: str, root: str | None):
   records, skipped = annotations.read_annotation_list(
-      path, len(config.class_names), root=root, path_map=tuple(config.data.path_map) or None,
+      path, len(config.class_names), root=root, path_map=config.data.path_map or None,
       on_bad_clip=config.data.on_bad_clip, class_names=tuple(config.class_names))
   for clip in skipped:
     logging.warning("skipped clip %s", clip)
