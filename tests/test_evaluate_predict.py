@@ -118,3 +118,41 @@ def test_two_fold_crossval_of_the_demo(tmp_path):
   again = crossval.run_crossval("configs/demo.py:clips_per_class=6,epochs=1", {}, tmp_path, [1, 2],
                                 lambda *_: pytest.fail("retrained a finished fold"))
   assert again["summary"] == results["summary"]
+
+
+def test_zeroshot_clip_baseline(tmp_path, clip_tokenizer_dir):
+  """Zero-shot: a (random, real-vocabulary) HF CLIP directory, class-name prompts, no training;
+  the logits are CLIP's cosine similarities x 100 of frame-averaged image features."""
+  import shutil
+  import jax
+  from dferclip_jax.models import clip_config
+  from dferclip_jax.models.clip import CLIP, init_clip_params, normalize_pixels
+  from dferclip_jax.models.clip_checkpoint import save_clip
+  from dferclip_jax.tokenizer import load_tokenizer, tokenize
+  arch = clip_config.tiny(image_size=32, patch_size=16, width=32, layers=1, projection_dim=16)
+  params = jax.tree.map(np.asarray, init_clip_params(CLIP(arch), jax.random.PRNGKey(0)))
+  clip_dir = save_clip(tmp_path / "clip", arch, params, formats=("msgpack",))
+  for name in ("vocab.json", "merges.txt"):  # a checkpoint directory carries its tokenizer
+    shutil.copy(clip_tokenizer_dir / name, clip_dir / name)
+  config = demo.get_config("clips_per_class=3")
+  config.model.clip = str(clip_dir)
+  config.data.num_frames = 4
+  config.eval_batch_size = 8
+  config.progress_bars = False
+  config.zeroshot_template = "a photo of a face showing {}"
+  report = evaluation.run_zeroshot(config, tmp_path / "run")
+  assert report["num_clips"] == 7 and (tmp_path / "run" / "evaluation" / "zeroshot" / "report.json").is_file()
+
+  from dferclip_jax.models.zeroshot import build_zeroshot
+  texts = [f"a photo of a face showing {t}" for t in ("happiness.", "sadness.")]
+  model, variables = build_zeroshot(arch, params, ["happiness.", "sadness."], load_tokenizer(clip_dir),
+                                    template="a photo of a face showing {}", num_frames=2)
+  video = np.random.default_rng(0).random((1, 2, 32, 32, 3)).astype(np.float32)
+  clip = CLIP(arch)
+  frames = clip.apply({"params": params}, normalize_pixels(video[0]), method=CLIP.encode_image)
+  frames = frames / np.linalg.norm(frames, axis=-1, keepdims=True)
+  v = frames.mean(0) / np.linalg.norm(frames.mean(0))
+  ids, _ = tokenize(load_tokenizer(clip_dir), texts)
+  t = clip.apply({"params": params}, ids, method=CLIP.encode_text)
+  t = t / np.linalg.norm(t, axis=-1, keepdims=True)
+  np.testing.assert_allclose(model.apply(variables, video)[0], 100 * t @ v, rtol=1e-5, atol=1e-4)

@@ -141,3 +141,24 @@ def test_missing_annotation_file_is_named(tmp_path, monkeypatch):
     trainer.train_and_evaluate(config, tmp_path)
   with pytest.raises(ValueError, match="fold=6, but DFEW has folds 1..5"):
     dfew.get_config("fold=6")
+
+
+def test_bfloat16_and_remat_switches_train(tmp_path, shared_data):
+  config = tiny_config(**{"data.synthetic.dir": shared_data, "max_steps": 3, "dtype": "bfloat16",
+                          "remat": True})
+  summary = trainer.train_and_evaluate(config, tmp_path)
+  losses = [r["train/loss"] for r in reporting.read_metrics(tmp_path) if "train/loss" in r]
+  assert len(losses) == 3 and all(np.isfinite(losses)) and summary["steps"] == 3
+  # Parameters stay float32 in the checkpoint whatever the matmul dtype.
+  from dferclip_jax.train import checkpointing
+  manager = checkpointing.Checkpointer(tmp_path / "checkpoints", "eval/uar", asynchronous=False)
+  variables = manager.restore_variables(manager.latest_step())
+  manager.close()
+  assert {str(x.dtype) for x in jax.tree.leaves(variables["params"])} == {"float32"}
+
+
+def test_nan_stops_the_run_naming_the_step(tmp_path, shared_data):
+  config = tiny_config(**{"data.synthetic.dir": shared_data, "max_steps": 6})
+  config.optim.lr.temporal = 1e30  # the first update overflows the temporal model
+  with pytest.raises(trainer.NonFiniteLossError, match=r"step \d: train/(loss|grad_norm) is (nan|inf)"):
+    trainer.train_and_evaluate(config, tmp_path)
