@@ -106,3 +106,36 @@ def base_config() -> ml_collections.ConfigDict:
   c.shard_min_size = 2 ** 16    # params smaller than this many elements stay replicated
   c.progress_bars = True
   return c
+
+
+def add_openset(c: ml_collections.ConfigDict, hesp_dataset: str, method: str = "hesp") -> ml_collections.ConfigDict:
+  """The open-set sections (``--mode=openset``): HESP's protocol and its method's recipe, as its
+  official code (HESP_main.py, core/train.py) sets them."""
+  c.openset = ml_collections.ConfigDict()
+  c.openset.hesp_dataset = hesp_dataset  # whose 20 known-class splits: AFEW | MAFW | DFEW
+  c.openset.splits = ()                  # split indices to run (empty: all 20)
+  c.openset.method = method              # hesp | dferclip_msp | zeroshot_clip
+  if method == "zeroshot_clip":  # CLIP's zero-shot prompts are class names; DFER-CLIP keeps its texts
+    c.model.text_type = "class_names"
+
+  c.hesp = ml_collections.ConfigDict()
+  c.hesp.n_ctx = 16
+  c.hesp.patch_size = 56                 # pixels at 224; scale it with the image size
+  c.hesp.num_frames = 8
+  c.hesp.batch_size = 64
+  c.hesp.epochs = 100
+  c.hesp.lr = 1e-2                       # SGD for the unknown prompts and the radius
+  c.hesp.lr_context = 1e-2               # the class contexts (0 reproduces the official code)
+  c.hesp.momentum = 0.9
+  c.hesp.weight_decay = 1e-4
+  c.hesp.milestones = (30, 60, 90, 120)
+  c.hesp.normalized_step = 50.0          # the patch / unknown-prompt step: p -= 50 g / ||g||
+  c.hesp.temperature = 1.0               # of the open-set logits in the ARPL loss
+  c.hesp.weight_pl = 0.1                 # weight of the radius margin term
+  c.hesp.contrastive_temperature = 0.5
+  c.hesp.eval_every_epochs = 1
+  if method == "hesp":  # the baselines keep the dataset's DFER-CLIP recipe (16 frames, its augmentation)
+    c.data.augmentation = "mafw"         # HESP trains with random sized crop + flip
+    c.data.num_frames = c.hesp.num_frames
+  c.zeroshot_template = "a photo of a face showing {}"
+  return c

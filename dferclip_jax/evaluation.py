@@ -47,6 +47,25 @@ def evaluate_batches(eval_step, variables, batches, mesh, num_classes: int, prog
   return cm, float(totals["loss_sum"]) / max(int(cm.sum()), 1)
 
 
+def collect_outputs(fn, variables, batches, mesh, num_examples: int) -> np.ndarray:
+  """Runs jitted ``fn(variables, video) -> [b, ...]`` over padded batches; returns the outputs of
+  the real clips on every host, in source order ([num_examples, ...])."""
+  from jax.experimental import multihost_utils
+  out = None
+  for local in batches:
+    batch = sharding_lib.global_batch({"video": local["video"], "index": local["index"]}, mesh)
+    values, index = multihost_utils.process_allgather((fn(variables, batch["video"]), batch["index"]),
+                                                      tiled=True)
+    values, index = np.asarray(values), np.asarray(index)
+    if out is None:
+      out = np.zeros((num_examples,) + values.shape[1:], values.dtype)
+    keep = index >= 0
+    out[index[keep]] = values[keep]
+  if out is None:
+    raise ValueError("no batches to evaluate")
+  return out
+
+
 def load_model_for_eval(checkpoint: str, workdir: str | Path | None, mesh, min_shard_size: int,
                         **overrides):
   """-> (model, variables on the mesh, class names or None, a description of the source)."""

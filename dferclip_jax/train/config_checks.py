@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DATASETS = {"dfew": 5, "mafw": 5, "ferv39k": 0, "synthetic": 5}  # name -> number of folds
+DATASETS = {"dfew": 5, "mafw": 5, "ferv39k": 0, "afew": 0, "synthetic": 5}  # name -> number of folds
 DTYPES = ("float32", "bfloat16")
 TEXT_TYPES = ("class_names", "class_names_with_context", "class_descriptor")
 POSITIONS = ("end", "middle", "front")

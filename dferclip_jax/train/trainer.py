@@ -39,9 +39,10 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
   return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False)
 
 
-def train_and_evaluate(config, workdir: str | Path) -> dict:
+def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle | None = None) -> dict:
   """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the final
-  evaluation report."""
+  evaluation report. ``data`` replaces what the config's data section would open (the open-set
+  experiments pass the known-class clips)."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
 
@@ -54,7 +55,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                jax.process_count())
 
   # ---------------------------------------------------------------------- input
-  data = data_setup.open_data(config, workdir)
+  data = data or data_setup.open_data(config, workdir)
   steps_per_epoch = data.num_train // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"config.batch_size={config.batch_size} is larger than the {data.num_train} "

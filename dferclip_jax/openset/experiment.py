@@ -1,0 +1,210 @@
+"""The open-set protocol of HESP over all splits of a dataset: train on the known classes, score
+the known and the unknown test clips, report ACC / AUROC / OSCR per split and mean +- std.
+
+Methods (``config.openset.method``):
+  * ``hesp``: the HESP method (``openset/hesp.py``), scored by its ensemble logits (the max is
+    the known-ness score, as its code);
+  * ``dferclip_msp``: DFER-CLIP trained on the known classes (the closed-set trainer), scored by
+    the maximum softmax probability;
+  * ``zeroshot_clip``: CLIP with class prompts and no training, scored by the maximum softmax.
+
+Each split runs in ``workdir/split_XX`` (resumable; a finished split is not run again);
+``metrics.jsonl`` gets one line per split (``split``, ``known``, ``openset/acc``,
+``openset/auroc``, ``openset/oscr``), ``openset_results.json`` the per-split numbers and their
+mean +- std, which are also printed as a table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from dferclip_jax import class_texts as class_texts_lib
+from dferclip_jax import evaluation, metrics
+from dferclip_jax.data import pipeline
+from dferclip_jax.openset import splits as splits_lib
+from dferclip_jax.train import config_checks, data_setup, model_setup, reporting, trainer
+from dferclip_jax.train import sharding as sharding_lib
+from dferclip_jax.tokenizer import tokenize
+
+METHODS = ("hesp", "dferclip_msp", "zeroshot_clip")
+RESULTS_FILE = "openset_results.json"
+SCORES = ("openset/acc", "openset/auroc", "openset/oscr")
+
+
+def open_set_scores(known_scores, unknown_scores, known_labels, use_softmax: bool) -> dict:
+  """Per-class scores [N, K] of known and unknown test clips -> ACC, AUROC, OSCR (percent)."""
+  if use_softmax:
+    known_scores = jax.nn.softmax(jnp.asarray(known_scores, jnp.float32), -1)
+    unknown_scores = jax.nn.softmax(jnp.asarray(unknown_scores, jnp.float32), -1)
+  known_scores, unknown_scores = np.asarray(known_scores), np.asarray(unknown_scores)
+  labels = np.asarray(known_labels)
+  return {"openset/acc": float(100.0 * np.mean(known_scores.argmax(1) == labels)),
+          "openset/auroc": metrics.auroc(known_scores.max(1), unknown_scores.max(1)),
+          "openset/oscr": metrics.oscr(known_scores, unknown_scores, labels)}
+
+
+def _score(fn, variables, records, image_size, num_frames, batch, mesh):
+  batches = pipeline.eval_batches(records, batch_size=batch, image_size=image_size,
+                                  num_frames=num_frames, process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+  return evaluation.collect_outputs(fn, variables, batches, mesh, len(records))
+
+
+def _evaluate(fn, variables, data: splits_lib.OpenSetData, image_size, num_frames, batch, mesh,
+              use_softmax) -> dict:
+  known = _score(fn, variables, data.test_known, image_size, num_frames, batch, mesh)
+  unknown = _score(fn, variables, data.test_unknown, image_size, num_frames, batch, mesh)
+  return open_set_scores(known, unknown, [r.label for r in data.test_known], use_softmax)
+
+
+def known_texts(config, known_names) -> list[str]:
+  texts = class_texts_lib.load(config.model.text_type, len(config.class_names), config.model.class_texts_file)
+  return [texts[list(config.class_names).index(n)] for n in known_names]
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def run_hesp(config, workdir: Path, data, mesh) -> dict:
+  from dferclip_jax.openset import hesp, hesp_train
+  h = config.hesp
+  rng = jax.random.PRNGKey(config.seed)
+  clip_config, clip_params, tokenizer = model_setup.clip_and_tokenizer(
+      config, [hesp.class_prompt_text(n) for n in data.known_names]
+      + [hesp.UNKNOWN_TEMPLATE.format(n) for n in data.known_names], rng)
+  model, variables = hesp.build_hesp(clip_config, clip_params, data.known_names, tokenizer, rng=rng,
+                                     n_ctx=h.n_ctx, patch_size=h.patch_size, num_frames=h.num_frames,
+                                     dtype=jnp.dtype(config.dtype))
+  size = clip_config.vision_config.image_size
+  first = next(pipeline.eval_batches(data.train, batch_size=1, image_size=size, num_frames=1))
+  names, _ = tokenize(tokenizer, list(data.known_names), clip_config.text_config.max_position_embeddings)
+  variables["patch"]["position"] = hesp.attention_peak(clip_config, clip_params, first["video"][0, 0],
+                                                       names, jax.random.fold_in(rng, 1))
+  logging.info("HESP patch position (row, col): %s", variables["patch"]["position"].tolist())
+  scores_fn = jax.jit(lambda v, x: model.apply(v, x)["logits"])
+  batch = sharding_lib.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
+
+  def on_eval(step, v):
+    scores = _evaluate(scores_fn, v, data, size, h.num_frames, batch, mesh, use_softmax=False)
+    return {**scores, "select": scores["openset/auroc"] + scores["openset/oscr"]}
+
+  final = hesp_train.train_hesp(config, workdir, model, variables, data.train, mesh, on_eval)
+  return {**on_eval(None, final), "patch_position": variables["patch"]["position"].tolist(),
+          "test_selected": test_selected(workdir)}
+
+
+def test_selected(workdir: Path) -> dict:
+  """HESP's own figure: the evaluation with the best AUROC + OSCR on the test clips (selection on
+  test data, so optimistic; we report the final model and keep this for comparison)."""
+  evals = [r for r in reporting.read_metrics(workdir) if "select" in r]
+  best = max(evals, key=lambda r: r["select"])
+  return {"step": best["step"], **{k: best[k] for k in SCORES}}
+
+
+def run_dferclip_msp(config, workdir: Path, data, mesh) -> dict:
+  c = copy.deepcopy(config)
+  texts_file = workdir / "known_class_texts.txt"
+  workdir.mkdir(parents=True, exist_ok=True)
+  texts_file.write_text("\n".join(known_texts(config, data.known_names)) + "\n")
+  with c.unlocked():
+    c.class_names = tuple(data.known_names)
+    c.model.class_texts_file = str(texts_file)
+  bundle = data_setup.DataBundle(data.train, data.test_known, len(data.train), len(data.test_known),
+                                 c.data.augmentation, c.data.num_frames, c.seed)
+  trainer.train_and_evaluate(c, workdir, data=bundle)
+  model, variables, _, _ = evaluation.load_model_for_eval("latest", workdir, mesh, c.shard_min_size)
+  fn = jax.jit(lambda v, x: model.apply(v, x))
+  batch = sharding_lib.check_batch_size(c.eval_batch_size, mesh, "config.eval_batch_size")
+  return _evaluate(fn, variables, data, model.clip_config.vision_config.image_size, c.data.num_frames,
+                   batch, mesh, use_softmax=True)
+
+
+def run_zeroshot_clip(config, workdir: Path, data, mesh) -> dict:
+  from dferclip_jax.models.zeroshot import build_zeroshot
+  if not config.model.clip:
+    raise config_checks.ConfigError(
+        "config.openset.method='zeroshot_clip' needs pretrained CLIP weights: set config.model.clip")
+  texts = known_texts(config, data.known_names)
+  clip_config, clip_params, tokenizer = model_setup.clip_and_tokenizer(config, texts, None)
+  model, variables = build_zeroshot(clip_config, clip_params, texts, tokenizer,
+                                    template=config.zeroshot_template, num_frames=config.data.num_frames,
+                                    dtype=jnp.dtype(config.dtype))
+  fn = jax.jit(lambda v, x: model.apply(v, x))
+  batch = sharding_lib.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
+  return _evaluate(fn, variables, data, clip_config.vision_config.image_size, config.data.num_frames,
+                   batch, mesh, use_softmax=True)
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+def summarize(per_split: list[dict]) -> dict:
+  def stats(values):
+    values = np.array(values, np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std()), "values": values.tolist()}
+
+  out = {key: stats([s[key] for s in per_split]) for key in SCORES}
+  if all("test_selected" in s for s in per_split):
+    out.update({f"test_selected/{key}": stats([s["test_selected"][key] for s in per_split])
+                for key in SCORES})
+  return out
+
+
+def run_openset(config, workdir: str | Path) -> dict:
+  workdir = Path(workdir)
+  o = config.openset
+  if o.method not in METHODS:
+    raise config_checks.ConfigError(f"config.openset.method={o.method!r}: expected one of {METHODS}")
+  config_checks.check_config(config)
+  table = splits_lib.load_splits(o.hesp_dataset)
+  indices = list(o.splits) or list(range(len(table)))
+  mesh = sharding_lib.make_mesh(config.mesh, num_devices=config.num_devices)
+  full = data_setup.open_data(config, workdir)
+  per_split = []
+  writer = reporting.MetricWriter(workdir, resume_step=10 ** 9, tensorboard=False)
+  logged = {r.get("split") for r in reporting.read_metrics(workdir)}
+  for k in indices:
+    known = splits_lib.known_class_names(o.hesp_dataset, k)
+    data = splits_lib.split_records(full.train_source, full.test_source, config.class_names, known)
+    sub = workdir / f"split_{k:02d}"
+    done = sub / "openset.json"
+    if done.is_file():
+      result = json.loads(done.read_text())
+    else:
+      logging.info("split %d: known classes %s (%d train, %d known test, %d unknown test clips)",
+                   k, known, len(data.train), len(data.test_known), len(data.test_unknown))
+      run = {"hesp": run_hesp, "dferclip_msp": run_dferclip_msp, "zeroshot_clip": run_zeroshot_clip}
+      result = {"split": k, "known": list(known), "method": o.method,
+                **run[o.method](config, sub, data, mesh)}
+      result.pop("select", None)
+      if jax.process_index() == 0:
+        sub.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(reporting._plain(result), indent=2) + "\n")
+    if k not in logged:
+      writer.write(k, {key: result[key] for key in SCORES},
+                   {"split": k, "known": result["known"], "method": o.method})
+    per_split.append(result)
+  writer.close()
+  results = {"method": o.method, "dataset": o.hesp_dataset, "splits": per_split,
+             "summary": summarize(per_split)}
+  if jax.process_index() == 0:
+    (workdir / RESULTS_FILE).write_text(json.dumps(reporting._plain(results), indent=2) + "\n")
+  s = results["summary"]
+  rows = [(f"split {r['split']:2d} {'+'.join(n[:4] for n in r['known'])}",
+           f"ACC {r['openset/acc']:6.2f}  AUROC {r['openset/auroc']:6.2f}  OSCR {r['openset/oscr']:6.2f}")
+          for r in per_split]
+  rows.append(("mean +- std", "  ".join(f"{k.split('/')[1].upper()} {s[k]['mean']:.2f} +- {s[k]['std']:.2f}"
+                                         for k in SCORES)))
+  if "test_selected/openset/auroc" in s:  # HESP's own figure, selected on the test clips
+    rows.append(("best epoch on test", "  ".join(
+        f"{k.split('/')[1].upper()} {s['test_selected/' + k]['mean']:.2f} +- {s['test_selected/' + k]['std']:.2f}"
+        for k in SCORES)))
+  print(reporting.log_table(f"open set ({o.method}, {o.hesp_dataset})", rows))
+  return results

@@ -1,0 +1,152 @@
+"""Training HESP on one split's known classes (the official ``core/train.py``, as pure steps).
+
+Loss per batch, as the official code sums it: CE of the CLIP head + supervised contrastive loss
+on the video features + the ARPL-style open-set loss + CE of the unknown visual prompts against
+"This video is not <class>." + CE of the ensemble. Updates, as the official code makes them:
+
+* the visual patch ("perturbation") moves only by a normalised-gradient step,
+  ``p -= step * g / ||g||`` (the official code zeroes its gradient before the optimizer step);
+* the unknown visual prompts move by that step, with ``g`` averaged over the K prompts and applied
+  to each, and then by SGD with the same gradient;
+* the radius by SGD; the class contexts by SGD at ``hesp.lr_context`` (see docs/openset.md: the
+  official code zeroes their gradients too, so they never learn there; 0 reproduces that).
+
+SGD is PyTorch's (momentum 0.9, weight decay 1e-4 added to the gradient), the learning rate
+x0.1 at epochs 30, 60, 90, 120.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from dferclip_jax.data import pipeline
+from dferclip_jax.openset import hesp as hesp_lib
+from dferclip_jax.openset import losses
+from dferclip_jax.train import checkpointing, optimizer as optimizer_lib, reporting
+from dferclip_jax.train import sharding as sharding_lib
+
+GROUPS = {"context": "prompt_learner/.*", "unknown": "(unknown_visual|radius)",
+          "perturbation": "perturbation"}
+
+
+def make_optimizer(h, steps_per_epoch: int, trainable_assignment):
+  optim = ml_collections.ConfigDict(dict(
+      name="sgd", momentum=h.momentum, weight_decay=h.weight_decay, milestones=tuple(h.milestones),
+      gamma=0.1, lr={"context": h.lr_context, "unknown": h.lr, "perturbation": 0.0}))
+  return optimizer_lib.make_optimizer(optim, trainable_assignment, steps_per_epoch)
+
+
+def normalized_step(param, grad, size: float):
+  return param - size * grad / (jnp.linalg.norm(grad.reshape(-1)) + 1e-10)
+
+
+def make_train_step(model, tx, h):
+  ce = lambda logits, labels: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+  def train_step(state, batch):
+    collections = state["collections"]
+
+    def loss_fn(trainable):
+      variables = {"params": {**trainable, **state["frozen"]}, **collections}
+      out = model.apply(variables, batch["video"], train=True)
+      y = batch["label"]
+      parts = {
+          "clip": ce(out["clip_logits"], y),
+          "contrastive": losses.supervised_contrastive_loss(
+              out["visual"], y, temperature=h.contrastive_temperature),
+          "open_set": losses.arpl_loss(out["osr_logits"], out["visual"], out["points"], y,
+                                       out["radius"], temperature=h.temperature, weight_pl=h.weight_pl),
+          "unknown_prompts": ce(out["unknown_logits"], jnp.arange(out["unknown_logits"].shape[0])),
+          "ensemble": ce(out["logits"], y),
+      }
+      return sum(parts.values()), (parts, out["logits"])
+
+    (loss, (parts, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    params = dict(state["params"])
+    params["perturbation"] = normalized_step(params["perturbation"], grads["perturbation"],
+                                             h.normalized_step)
+    params["unknown_visual"] = normalized_step(params["unknown_visual"],
+                                               grads["unknown_visual"].mean(axis=0), h.normalized_step)
+    updates, opt = tx.update(grads, state["opt"], params)
+    params = optax.apply_updates(params, updates)
+    metrics = {"train/loss": loss, **{f"train/loss/{k}": v for k, v in parts.items()},
+               "train/accuracy": 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "train/grad_norm": optimizer_lib.global_norm(grads),
+               "train/radius": params["radius"]}
+    return {**state, "params": params, "opt": opt, "step": state["step"] + 1}, metrics
+
+  return train_step
+
+
+def train_hesp(config, workdir: Path, model, variables, train_records, mesh, on_eval=None):
+  """Trains (resuming from ``workdir/checkpoints``) -> the final variables (on the mesh).
+
+  ``on_eval(step, variables)`` is called every ``hesp.eval_every_epochs`` epochs and at the end;
+  it returns metrics to log, and the value of ``metrics["select"]`` picks the best checkpoint.
+  """
+  h = config.hesp
+  local_batch = sharding_lib.check_batch_size(h.batch_size, mesh, "config.hesp.batch_size")
+  steps_per_epoch = len(train_records) // h.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"config.hesp.batch_size={h.batch_size} is larger than the split's "
+                     f"{len(train_records)} training clips")
+  total = h.epochs * steps_per_epoch
+  if config.max_steps is not None:
+    total = min(total, int(config.max_steps))
+  trainable = {k: v for k, v in variables["params"].items() if k != "clip"}
+  frozen = {"clip": variables["params"]["clip"]}
+  assignment = optimizer_lib.assign_groups(trainable, GROUPS)
+  tx, _ = make_optimizer(h, steps_per_epoch, assignment)
+  host = {"params": trainable, "frozen": frozen,
+          "collections": {k: v for k, v in variables.items() if k != "params"}}
+  abstract = jax.eval_shape(lambda s: {**s, "opt": tx.init(s["params"]), "step": jnp.zeros((), jnp.int32)},
+                            host)
+  shardings = sharding_lib.tree_shardings(abstract, mesh, config.shard_min_size)
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", "select")
+  start = checkpointer.latest_step()
+  if start is not None:
+    state, _ = checkpointer.restore(start, checkpointing.abstract_with_shardings(abstract, shardings))
+  else:
+    start = 0
+    placed = sharding_lib.put_global(host, {k: shardings[k] for k in host})
+    rest = jax.jit(lambda p: {"opt": tx.init(p), "step": jnp.zeros((), jnp.int32)},
+                   out_shardings={k: shardings[k] for k in ("opt", "step")})(placed["params"])
+    state = {**placed, **rest}
+  step_fn = jax.jit(make_train_step(model, tx, h), in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
+                    out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=(0,))
+  writer = reporting.MetricWriter(workdir, resume_step=start, tensorboard=False)
+  batches = pipeline.train_batches(
+      train_records, augmentation=config.data.augmentation, batch_size=local_batch,
+      image_size=model.clip_config.vision_config.image_size, num_frames=h.num_frames,
+      seed=config.seed, start_step=start, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  eval_every = max(1, h.eval_every_epochs) * steps_per_epoch
+  variables_of = lambda s: {"params": {**s["params"], **s["frozen"]}, **s["collections"]}
+  step = start
+  try:
+    while step < total:
+      local = next(batches)
+      state, metrics = step_fn(state, sharding_lib.global_batch(
+          {"video": local["video"], "label": local["label"]}, mesh))
+      step += 1
+      if step % config.log_every == 0 or step == total:
+        values = jax.device_get(metrics)
+        if not np.isfinite(float(values["train/loss"])):
+          raise FloatingPointError(f"HESP step {step}: the loss is {float(values['train/loss'])}")
+        writer.write(step, values)
+      if step % eval_every == 0 or step == total:
+        scores = on_eval(step, variables_of(state)) if on_eval else {}
+        writer.write(step, scores)
+        checkpointer.save(step, state, {"step": step}, metrics={"select": float(scores.get("select", 0.0))})
+  finally:
+    checkpointer.close()
+    writer.close()
+  logging.info("HESP trained %d steps in %s", step, workdir)
+  return variables_of(state)
