@@ -108,6 +108,22 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def folded_dataset(name: str, fold: int, class_names, augmentation: str) -> ml_collections.ConfigDict:
+  """The base recipe on a 5-fold dataset's prepared lists (``annotations/<name>/set_<k>_*.txt``)."""
+  if not 1 <= fold <= 5:
+    raise ValueError(f"configs/{name}.py: fold={fold}, but {name.upper()} has folds 1..5")
+  c = base_config()
+  c.dataset = name
+  c.fold = fold
+  c.class_names = class_names
+  c.data.train_list = f"annotations/{name}/set_{fold}_train.txt"
+  c.data.test_list = f"annotations/{name}/set_{fold}_test.txt"
+  c.data.tfds_train_split = f"fold{fold}_train"
+  c.data.tfds_test_split = f"fold{fold}_test"
+  c.data.augmentation = augmentation
+  return c
+
+
 def add_openset(c: ml_collections.ConfigDict, hesp_dataset: str, method: str = "hesp") -> ml_collections.ConfigDict:
   """The open-set sections (``--mode=openset``): HESP's protocol and its method's recipe, as its
   official code (HESP_main.py, core/train.py) sets them."""

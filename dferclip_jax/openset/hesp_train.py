@@ -31,6 +31,7 @@ from dferclip_jax.openset import hesp as hesp_lib
 from dferclip_jax.openset import losses
 from dferclip_jax.train import checkpointing, optimizer as optimizer_lib, reporting
 from dferclip_jax.train import sharding as sharding_lib
+from dferclip_jax.train.trainer import training_length
 
 GROUPS = {"context": "prompt_learner/.*", "unknown": "(unknown_visual|radius)",
           "perturbation": "perturbation"}
@@ -93,13 +94,8 @@ def train_hesp(config, workdir: Path, model, variables, train_records, mesh, on_
   """
   h = config.hesp
   local_batch = sharding_lib.check_batch_size(h.batch_size, mesh, "config.hesp.batch_size")
-  steps_per_epoch = len(train_records) // h.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"config.hesp.batch_size={h.batch_size} is larger than the split's "
-                     f"{len(train_records)} training clips")
-  total = h.epochs * steps_per_epoch
-  if config.max_steps is not None:
-    total = min(total, int(config.max_steps))
+  steps_per_epoch, total = training_length(len(train_records), h.batch_size, h.epochs, config.max_steps,
+                                           "config.hesp.batch_size")
   trainable = {k: v for k, v in variables["params"].items() if k != "clip"}
   frozen = {"clip": variables["params"]["clip"]}
   assignment = optimizer_lib.assign_groups(trainable, GROUPS)

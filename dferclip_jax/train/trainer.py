@@ -39,6 +39,17 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
   return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False)
 
 
+def training_length(num_train: int, batch_size: int, epochs: int, max_steps, batch_field: str):
+  """-> (steps per epoch, total steps): full batches only (the remainder is dropped each epoch),
+  capped at ``max_steps`` when set."""
+  steps_per_epoch = num_train // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"{batch_field}={batch_size} is larger than the {num_train} training clips: "
+                     f"not one full batch per epoch")
+  total = epochs * steps_per_epoch
+  return steps_per_epoch, total if max_steps is None else min(total, int(max_steps))
+
+
 def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle | None = None) -> dict:
   """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the final
   evaluation report. ``data`` replaces what the config's data section would open (the open-set
@@ -56,13 +67,8 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
 
   # ---------------------------------------------------------------------- input
   data = data or data_setup.open_data(config, workdir)
-  steps_per_epoch = data.num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"config.batch_size={config.batch_size} is larger than the {data.num_train} "
-                     f"training clips: not one full batch per epoch")
-  total_steps = config.num_epochs * steps_per_epoch
-  if config.max_steps is not None:
-    total_steps = min(total_steps, int(config.max_steps))
+  steps_per_epoch, total_steps = training_length(data.num_train, config.batch_size, config.num_epochs,
+                                                  config.max_steps, "config.batch_size")
   eval_every = max(1, config.eval_every_epochs) * steps_per_epoch
   logging.info("%d training clips, %d test clips; %d steps per epoch, %d steps", data.num_train,
                data.num_test, steps_per_epoch, total_steps)
