@@ -162,6 +162,10 @@ def run_openset(config, workdir: str | Path) -> dict:
   o = config.openset
   if o.method not in METHODS:
     raise config_checks.ConfigError(f"config.openset.method={o.method!r}: expected one of {METHODS}")
+  if config.data.source != "lists":  # splitting by class needs the clips' labels up front
+    raise config_checks.ConfigError(
+        f"config.data.source={config.data.source!r}: open-set runs read annotation lists "
+        "(config.data.source='lists'); TFDS sources are not split by class")
   config_checks.check_config(config)
   table = splits_lib.load_splits(o.hesp_dataset)
   indices = list(o.splits) or list(range(len(table)))
