@@ -14,7 +14,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import logging
 
 from dferclip_jax import export, metrics as metrics_lib, official, plots
 from dferclip_jax.models.dferclip import model_from_kwargs

@@ -116,7 +116,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
   def persistent_load(self, pid):
     if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
       raise TorchCheckpointError(f"{self._source}: unknown persistent id {pid!r}")
-    storage_type, key, _location, numel = pid[1], str(pid[2]), pid[3], int(pid[4])
+    storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])  # pid[3]: the device
     if not isinstance(storage_type, _StorageType):
       raise TorchCheckpointError(f"{self._source}: storage of unsupported type {storage_type!r}")
     if key not in self._storages:

@@ -11,7 +11,7 @@ from dferclip_jax import crossval, evaluation, predict
 from dferclip_jax.cli import convert_official
 from dferclip_jax.data import class_orders
 from dferclip_jax.export import load_model
-from dferclip_jax.train import sharding, trainer
+from dferclip_jax.train import trainer
 
 
 def softmax(x):

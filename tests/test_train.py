@@ -5,7 +5,6 @@ One tiny run is shared by the module (compiled once); the sharding comparison ru
 """
 
 import json
-from pathlib import Path
 
 import jax
 import numpy as np

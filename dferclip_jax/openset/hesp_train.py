@@ -22,16 +22,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 
 from dferclip_jax.data import pipeline
-from dferclip_jax.openset import hesp as hesp_lib
 from dferclip_jax.openset import losses
 from dferclip_jax.train import checkpointing, optimizer as optimizer_lib, reporting
 from dferclip_jax.train import sharding as sharding_lib
-from dferclip_jax.train.trainer import training_length
+from dferclip_jax.train.trainer import check_and_log, init_or_restore_state, training_length
 
 GROUPS = {"context": "prompt_learner/.*", "unknown": "(unknown_visual|radius)",
           "perturbation": "perturbation"}
@@ -102,19 +100,8 @@ def train_hesp(config, workdir: Path, model, variables, train_records, mesh, on_
   tx, _ = make_optimizer(h, steps_per_epoch, assignment)
   host = {"params": trainable, "frozen": frozen,
           "collections": {k: v for k, v in variables.items() if k != "params"}}
-  abstract = jax.eval_shape(lambda s: {**s, "opt": tx.init(s["params"]), "step": jnp.zeros((), jnp.int32)},
-                            host)
-  shardings = sharding_lib.tree_shardings(abstract, mesh, config.shard_min_size)
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", "select")
-  start = checkpointer.latest_step()
-  if start is not None:
-    state, _ = checkpointer.restore(start, checkpointing.abstract_with_shardings(abstract, shardings))
-  else:
-    start = 0
-    placed = sharding_lib.put_global(host, {k: shardings[k] for k in host})
-    rest = jax.jit(lambda p: {"opt": tx.init(p), "step": jnp.zeros((), jnp.int32)},
-                   out_shardings={k: shardings[k] for k in ("opt", "step")})(placed["params"])
-    state = {**placed, **rest}
+  state, shardings, start, _ = init_or_restore_state(host, tx, mesh, config.shard_min_size, checkpointer)
   step_fn = jax.jit(make_train_step(model, tx, h), in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
                     out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=(0,))
   writer = reporting.MetricWriter(workdir, resume_step=start, tensorboard=False)
@@ -133,10 +120,7 @@ def train_hesp(config, workdir: Path, model, variables, train_records, mesh, on_
           {"video": local["video"], "label": local["label"]}, mesh))
       step += 1
       if step % config.log_every == 0 or step == total:
-        values = jax.device_get(metrics)
-        if not np.isfinite(float(values["train/loss"])):
-          raise FloatingPointError(f"HESP step {step}: the loss is {float(values['train/loss'])}")
-        writer.write(step, values)
+        check_and_log((step, metrics), writer, config.log_every, force=step == total)
       if step % eval_every == 0 or step == total:
         scores = on_eval(step, variables_of(state)) if on_eval else {}
         writer.write(step, scores)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import jax
@@ -48,6 +47,27 @@ def training_length(num_train: int, batch_size: int, epochs: int, max_steps, bat
                      f"not one full batch per epoch")
   total = epochs * steps_per_epoch
   return steps_per_epoch, total if max_steps is None else min(total, int(max_steps))
+
+
+def init_or_restore_state(host_state: dict, tx, mesh, shard_min_size: int, checkpointer, extras=dict):
+  """The train state on the mesh: ``host_state`` (numpy trees, with "params") plus the optimizer
+  state, "step" and ``extras()`` (more state, e.g. an rng), or the latest checkpoint's if there is
+  one. -> (state, its shardings, start step, checkpoint meta or None when started fresh)."""
+  def init_rest(params):
+    return {"opt": tx.init(params), "step": jnp.zeros((), jnp.int32), **extras()}
+
+  abstract = jax.eval_shape(lambda s: {**s, **init_rest(s["params"])}, host_state)
+  shardings = sharding_lib.tree_shardings(abstract, mesh, shard_min_size)
+  start = checkpointer.latest_step()
+  if start is not None:
+    state, meta = checkpointer.restore(start, checkpointing.abstract_with_shardings(abstract, shardings))
+    return state, shardings, start, meta
+  placed = sharding_lib.put_global(host_state, {k: shardings[k] for k in host_state})
+  # Params are born sharded: the optimizer state is created by a jit whose outputs are laid out by
+  # the same rule, never materialised whole on one device.
+  rest = jax.jit(init_rest, out_shardings={k: shardings[k] for k in abstract if k not in host_state})(
+      placed["params"])
+  return {**placed, **rest}, shardings, 0, None
 
 
 def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle | None = None) -> dict:
@@ -88,29 +108,15 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
 
   # ---------------------------------------------------------------------- shardings, state
   host_state = {"params": trainable, "frozen": frozen, "prompts": variables["prompts"]}
-  abstract = jax.eval_shape(lambda s: {**s, "opt": tx.init(s["params"]),
-                                       "step": jnp.zeros((), jnp.int32),
-                                       "rng": jax.random.PRNGKey(0)}, host_state)
-  state_shardings = sharding_lib.tree_shardings(abstract, mesh, config.shard_min_size)
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", config.best_metric)
-  start_step = checkpointer.latest_step()
-  if start_step is not None:
-    state, meta = checkpointer.restore(
-        start_step, checkpointing.abstract_with_shardings(abstract, state_shardings))
+  state, state_shardings, start_step, meta = init_or_restore_state(
+      host_state, tx, mesh, config.shard_min_size, checkpointer,
+      extras=lambda: {"rng": jax.random.PRNGKey(config.seed)})
+  if meta is not None:
     _check_resume(meta, config, start_step)
     logging.info("resumed from step %d (epoch %.2f)", start_step, start_step / steps_per_epoch)
   else:
-    start_step, meta = 0, {"best": None}
-    placed = sharding_lib.put_global(host_state, {k: state_shardings[k] for k in host_state})
-
-    # Params are born sharded: the optimizer state is created by a jit whose outputs are laid
-    # out by the same rule, never materialised whole on one device.
-    def init_rest(params):
-      return {"opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
-              "rng": jax.random.PRNGKey(config.seed)}
-    rest = jax.jit(init_rest, out_shardings={k: state_shardings[k] for k in ("opt", "step", "rng")})(
-        placed["params"])
-    state = {**placed, **rest}
+    meta = {"best": None}
   del variables, host_state, trainable, frozen
   sharded = sharding_lib.describe_sharding(state["params"])
   if sharded:
@@ -153,13 +159,13 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
       state, step_metrics = train_step(state, batch)
       step += 1
       if pending is not None:
-        _check_and_log(pending, writer, config.log_every)
+        check_and_log(pending, writer, config.log_every)
       pending = (step, step_metrics)
       if bar is not None:
         bar.update(1)
       is_eval = step % eval_every == 0 or step == total_steps
       if is_eval:
-        _check_and_log(pending, writer, config.log_every)
+        check_and_log(pending, writer, config.log_every)
         pending = None
         last_eval = run_eval(step)
         value = last_eval[config.best_metric.split("/", 1)[1]]
@@ -172,7 +178,7 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
       elif step % config.checkpoint_every == 0:
         checkpointer.save(step, state, _meta(step, steps_per_epoch, best, config))
     if pending is not None:
-      _check_and_log(pending, writer, config.log_every)
+      check_and_log(pending, writer, config.log_every)
   finally:
     if bar is not None:
       bar.close()
@@ -212,14 +218,16 @@ def _check_resume(meta: dict, config, step: int) -> None:
                        f"config now says {now}: use a new --workdir for a different recipe")
 
 
-def _check_and_log(pending, writer, log_every: int) -> None:
+def check_and_log(pending, writer, log_every: int, force: bool = False) -> None:
+  """Stops on a NaN/inf loss or gradient norm; logs every ``log_every`` steps, the first, and
+  when ``force``d. ``pending`` = (step, that step's metrics, still on the devices)."""
   step, step_metrics = pending
   values = jax.device_get(step_metrics)
   for name in ("train/loss", "train/grad_norm"):
     if not math.isfinite(float(values[name])):
       raise NonFiniteLossError(f"step {step}: {name} is {float(values[name])}; stopping (the last "
                                f"checkpoint holds the state before it)")
-  if step % log_every == 0 or step == 1:
+  if force or step % log_every == 0 or step == 1:
     writer.write(step, values)
     logging.info("step %d %s", step, reporting.format_scalars(
         {k: v for k, v in values.items() if not k.startswith("train/lr")}))
