@@ -108,7 +108,7 @@ def test_faces_command_crops_the_face_in_every_frame(media, tmp_path):
 
 def test_detecting_every_third_frame_interpolates_between(media, tmp_path):
   from dferclip_jax.cli import faces
-  settings = extract.FaceSettings(size=SIZE, every=3)
+  settings = extract.FaceSettings(size=SIZE, detect_every=3)
   record, = faces.run([media["moving"]], str(tmp_path), settings, progress=False)
   assert record["frames"] == record["face_frames"] == 7  # examined 0, 3, 6: seen all along
   assert_boxes_cover(record["boxes"], media["moving_cores"])

@@ -70,8 +70,8 @@ def test_frame_names_are_zero_padded():
 
 
 def test_settings_are_checked():
-  with pytest.raises(ValueError, match="every=0: must be at least 1"):
-    extract.FaceSettings(every=0).check()
+  with pytest.raises(ValueError, match="detect_every=0: must be at least 1"):
+    extract.FaceSettings(detect_every=0).check()
 
 
 def test_output_names_below_the_common_folder(tmp_path):

@@ -54,7 +54,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("size", defaults.size, "Crop side in pixels.")
   flags.DEFINE_float("margin", defaults.margin, "Added on each side of the face box, as a fraction "
                      "of its longer side.")
-  flags.DEFINE_integer("detect_every", defaults.every, "Detect on every k-th frame (and the last); "
+  flags.DEFINE_integer("detect_every", defaults.detect_every, "Detect on every k-th frame (and the last); "
                        "boxes in between are interpolated.")
   flags.DEFINE_integer("smooth", defaults.smooth, "Frames in the moving average of the box.")
   flags.DEFINE_float("min_confidence", defaults.min_confidence, "Ignore detections below this confidence.")
@@ -163,7 +163,7 @@ def main(argv: Sequence[str]) -> None:
   from dferclip_jax.faces.detector import MissingDetectorError
   from dferclip_jax.predict import expand_inputs
   f = flags.FLAGS
-  settings = extract.FaceSettings(size=f.size, margin=f.margin, every=f.detect_every,
+  settings = extract.FaceSettings(size=f.size, margin=f.margin, detect_every=f.detect_every,
                                   smooth=f.smooth, min_confidence=f.min_confidence)
   class_names = class_orders.order_by_name(f.classes)
   try:
@@ -189,6 +189,10 @@ def main(argv: Sequence[str]) -> None:
     counts = write_lists(f.out, items, records, class_names)
     print(f"wrote train.txt ({counts['train']} clips), test.txt ({counts['test']}) and classes.txt; "
           f"train with --config.data.root={os.path.abspath(f.out)}")
+    for split, count in counts.items():
+      if not count:
+        print(f"warning: {split}.txt is empty; training needs clips in both lists (label more "
+              f"videos, mark some '{split}', or change --test_fraction)", file=sys.stderr)
   if len(failed) == len(records):
     sys.exit(1)
 

@@ -1,8 +1,8 @@
 """The face step: read a video or frame folder, detect, follow one face, crop squares around it.
 
 Two passes over the frames, so memory stays at one batch however long the video: the first
-detects (on every ``every``-th frame and the last), the second crops with the planned boxes and
-writes ``00000.jpg, 00001.jpg, ...`` (zero-padded: name order is frame order). ``crop_frames`` is
+detects (on every ``detect_every``-th frame and the last), the second crops with the planned boxes
+and writes ``00000.jpg, 00001.jpg, ...`` (zero-padded: name order is frame order). ``crop_frames`` is
 the in-memory variant that ``--mode=predict --faces=true`` runs on the frames it samples.
 """
 
@@ -28,7 +28,7 @@ class FaceSettings:
   """How faces are found and cropped (the defaults of ``dferclip_jax.cli.faces``'s flags)."""
   size: int = 224              # crops are size x size pixels
   margin: float = 0.2          # added on each side, as a fraction of the face box's longer side
-  every: int = 1               # detect on every k-th frame (and the last); boxes in between interpolated
+  detect_every: int = 1        # detect on every k-th frame (and the last); boxes between interpolated
   smooth: int = 5              # frames in the centred moving average over box centre and size
   min_confidence: float = 0.9  # MTCNN detections below this are ignored
   max_jump: float = 0.5        # a detection whose centre moved more box sides per frame is another face
@@ -39,7 +39,7 @@ class FaceSettings:
     problems = [f"{name}={value!r}: {rule}" for name, value, ok, rule in (
         ("size", self.size, self.size >= 8, "must be at least 8"),
         ("margin", self.margin, 0 <= self.margin <= 2, "must lie in [0, 2]"),
-        ("every", self.every, self.every >= 1, "must be at least 1"),
+        ("detect_every", self.detect_every, self.detect_every >= 1, "must be at least 1"),
         ("smooth", self.smooth, self.smooth >= 1, "must be at least 1"),
         ("min_confidence", self.min_confidence, 0 <= self.min_confidence <= 1, "must lie in [0, 1]"),
         ("max_jump", self.max_jump, self.max_jump > 0, "must be positive"),
@@ -47,7 +47,7 @@ class FaceSettings:
         ("jpeg_quality", self.jpeg_quality, 1 <= self.jpeg_quality <= 100, "must lie in [1, 100]"),
     ) if not ok]
     if problems:
-      raise ValueError("face settings: " + "; ".join(problems))
+      raise ValueError("face settings (the flags of the same names): " + "; ".join(problems))
 
 
 def iter_frames(path: str) -> Iterator[np.ndarray]:
@@ -95,14 +95,14 @@ def detect_clip(path: str, detector, settings: FaceSettings) -> list[np.ndarray 
   for t, frame in enumerate(iter_frames(path)):
     detections.append(None)
     last = frame
-    if t % settings.every == 0:
+    if t % settings.detect_every == 0:
       batch.append((t, frame))
       if len(batch) == detector.batch_size:
         run(batch)
         batch = []
   if last is None:
     raise FaceError(f"{path}: the video has no frames")
-  if (len(detections) - 1) % settings.every:  # the last frame, so nothing is extrapolated
+  if (len(detections) - 1) % settings.detect_every:  # the last frame, so nothing is extrapolated
     batch.append((len(detections) - 1, last))
   run(batch)
   return detections
