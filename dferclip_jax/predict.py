@@ -6,7 +6,8 @@ test transform resizes, and batched, so a folder of 1,000 clips runs at the mode
 (inputs are read by a thread pool while the accelerator works). One JSON line per input:
 ``{"input", "label", "probs": {class: p}, "top_k": [[class, p], ...]}``; an unreadable input gives
 ``{"input", "error"}`` and the others go on. Video files (mp4, avi, mov, mkv, webm) are decoded
-with PyAV, an optional extra (``pip install av``).
+with PyAV, an optional extra (``pip install av``). With ``faces`` (``dferclip_jax.faces``) the
+sampled frames are cropped to the face first (``main.py --mode=predict --faces=true``).
 """
 
 from __future__ import annotations
