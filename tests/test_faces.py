@@ -159,3 +159,18 @@ def test_missing_detector_says_how_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, "mtcnn", None)  # import mtcnn now raises ImportError
   with pytest.raises(detector.MissingDetectorError, match="requirements-video.txt"):
     detector.Detector()
+
+
+def test_predict_loads_the_face_crop_of_each_sampled_frame(media):
+  from PIL import Image
+  from dferclip_jax import predict
+  clip, summary = predict.load_clip(media["still"], 32, 4, faces=extract.FaceStep())
+  # 4 segments over 3 frames sample frames 0, 1, 2, 2 (the test loader repeats the last).
+  assert clip.shape == (4, 32, 32, 3) and summary["frame_indices"] == [0, 1, 2]
+  frame = np.asarray(Image.open(os.path.join(media["still"], "000.png")))
+  x0, y0, x1, y1 = summary["boxes"][0]
+  assert 0 <= x0 and 0 <= y0 and x1 <= frame.shape[1] and y1 <= frame.shape[0]
+  by_hand = np.asarray(Image.fromarray(frame[y0:y1, x0:x1]).resize((32, 32), Image.BOX), float)
+  assert np.abs(clip[0].astype(float) - by_hand).mean() < 8  # the face, not the whole frame
+  whole = np.asarray(Image.fromarray(frame).resize((32, 32), Image.BOX), float)
+  assert np.abs(clip[0].astype(float) - whole).mean() > 30
