@@ -40,6 +40,10 @@ _INPUTS = flags.DEFINE_list("inputs", [], "predict: frame folders and video file
                             "path per line from FILE.")
 _OUTPUT = flags.DEFINE_string("output", "-", "predict: where the JSON lines go ('-' = stdout).")
 _TOP_K = flags.DEFINE_integer("top_k", 3, "predict: how many labels to list per input.")
+_FACES = flags.DEFINE_bool(
+    "faces", False, "predict: detect, follow and crop the face in the sampled frames first (MTCNN, "
+    "pip install -r requirements-video.txt). Off by default: frame folders are taken to be face "
+    "crops already, as the datasets ship them; turn it on for raw videos and uncropped frames.")
 _FOLDS = flags.DEFINE_list("folds", [], "crossval: which folds (default: all of the dataset's).")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "true", "false"],
@@ -113,6 +117,13 @@ def _predict(config, workdir):
   from dferclip_jax.train import sharding
   if not _INPUTS.value:
     raise app.UsageError("--mode=predict needs --inputs")
+  faces = None
+  if _FACES.value:
+    from dferclip_jax.faces import detector, extract
+    try:
+      faces = extract.FaceStep()
+    except detector.MissingDetectorError as e:
+      raise app.UsageError(f"--faces=true: {e}") from None
   mesh = sharding.make_mesh(config.mesh, num_devices=config.num_devices)
   model, variables, names, source = evaluation.load_model_for_eval(
       _CHECKPOINT.value, workdir, mesh, config.shard_min_size, dtype=jnp.dtype(config.dtype))
@@ -120,7 +131,7 @@ def _predict(config, workdir):
   logging.info("predicting with %s", source)
   results = predict.predict(model, variables, predict.expand_inputs(_INPUTS.value), names,
                             batch_size=config.eval_batch_size, top_k=_TOP_K.value,
-                            num_clips=config.eval_num_clips)
+                            num_clips=config.eval_num_clips, faces=faces)
   done, failed = predict.write_jsonl(results, _OUTPUT.value)
   logging.info("predicted %d input(s); %d could not be read (see their 'error')", done, failed)
 

@@ -6,7 +6,8 @@ test transform resizes, and batched, so a folder of 1,000 clips runs at the mode
 (inputs are read by a thread pool while the accelerator works). One JSON line per input:
 ``{"input", "label", "probs": {class: p}, "top_k": [[class, p], ...]}``; an unreadable input gives
 ``{"input", "error"}`` and the others go on. Video files (mp4, avi, mov, mkv, webm) are decoded
-with PyAV, an optional extra (``pip install av``).
+with PyAV, an optional extra (``pip install av``). With ``faces`` (``dferclip_jax.faces``) the
+sampled frames are cropped to the face first (``main.py --mode=predict --faces=true``).
 """
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ def _video_frames(path: str) -> np.ndarray:
   return np.stack(frames)
 
 
-def load_clip(path: str, image_size: int, num_frames: int, num_clips: int = 1) -> np.ndarray:
-  """-> uint8 [T, S, S, 3] (or [K, T, S, S, 3]) sampled and resized as the test pipeline does."""
+def load_clip(path: str, image_size: int, num_frames: int, num_clips: int = 1, faces=None):
+  """-> uint8 [T, S, S, 3] (or [K, T, S, S, 3]) sampled and resized as the test pipeline does.
+
+  With ``faces`` (a ``FaceStep``) the sampled frames are face crops first, and the return value
+  is ``(clip, faces summary)``.
+  """
   from dferclip_jax.data import augment, frames as frames_lib, sampling
   if os.path.isdir(path):
     names = frames_lib.list_frames(path)
@@ -86,22 +91,32 @@ def load_clip(path: str, image_size: int, num_frames: int, num_clips: int = 1) -
     video = all_frames[indices]
   else:
     raise InputError(f"{path}: no such file or folder")
+  summary = None
+  if faces is not None:
+    video, summary = faces.crop_sampled(path, video, indices, image_size)
   clips = [augment.quantize(augment.resize_clip_255(clip, image_size)).numpy() for clip in video]
-  return clips[0] if num_clips == 1 else np.stack(clips)
+  clip = clips[0] if num_clips == 1 else np.stack(clips)
+  return clip if faces is None else (clip, summary)
 
 
 def predict(model, variables, inputs: Sequence[str], class_names: Sequence[str], *, batch_size: int = 32,
-            top_k: int = 3, num_clips: int = 1, workers: int = 8) -> Iterator[dict]:
-  """Yields one result dict per input, in input order."""
+            top_k: int = 3, num_clips: int = 1, workers: int = 8, faces=None) -> Iterator[dict]:
+  """Yields one result dict per input, in input order; with ``faces`` (a ``FaceStep``) the
+  sampled frames are face crops and each result gains a ``faces`` summary."""
   from dferclip_jax.train.train_step import clip_probabilities
   image_size = model.clip_config.vision_config.image_size
   probs_fn = jax.jit(lambda v, x: clip_probabilities(model, v, x))
   names = list(class_names) or [str(i) for i in range(model.num_classes)]
   top_k = max(1, min(top_k, len(names)))
 
+  face_summaries = {}
+
   def load(path):
     try:
-      return path, load_clip(path, image_size, model.num_frames, num_clips), None
+      clip = load_clip(path, image_size, model.num_frames, num_clips, faces=faces)
+      if faces is not None:
+        clip, face_summaries[path] = clip
+      return path, clip, None
     except InputError as e:
       return path, None, str(e)
 
@@ -118,6 +133,8 @@ def predict(model, variables, inputs: Sequence[str], class_names: Sequence[str],
         results[p] = {"input": p, "label": names[order[0]],
                       "probs": {n: float(row[i]) for i, n in enumerate(names)},
                       "top_k": [[names[i], float(row[i])] for i in order]}
+        if p in face_summaries:
+          results[p]["faces"] = face_summaries.pop(p)
     for p, clip, error in pending:
       yield results[p] if clip is not None else {"input": p, "error": error}
 

@@ -27,7 +27,8 @@ from absl import flags
 
 from dferclip_jax.data import class_orders
 from dferclip_jax.data import native
-from dferclip_jax.data.records import ClipRecord
+from dferclip_jax.data import textfiles
+from dferclip_jax.data.annotations import format_list  # noqa: F401 -- also this module's API
 
 _DATASET = flags.DEFINE_enum("dataset", None, native.DATASETS, "Which dataset --root holds.")
 _ROOT = flags.DEFINE_string("root", None, "Dataset root as unpacked from the publisher's archives.")
@@ -57,17 +58,6 @@ def list_name(fold: int | None, split: str) -> str:
   return f"{split}.txt" if fold is None else f"set_{fold}_{split}.txt"
 
 
-def format_list(records: Sequence[ClipRecord]) -> str:
-  """The official format, one clip a line; a space in a path would make the line ambiguous."""
-  lines = []
-  for r in records:
-    if any(c.isspace() for c in r.path):
-      raise ValueError(f"{r.where()}: clip path {r.path!r} contains whitespace, which the "
-                       f"space-separated list format cannot hold")
-    lines.append(f"{r.path} {r.num_frames} {r.label}\n")
-  return "".join(lines)
-
-
 def prepare(dataset: str, root: str, out: str, fold_ids: Sequence[int | None], *,
             dfew_frames: str = "clip_224x224") -> dict:
   """Reads the native layout and writes lists, ``classes.txt`` and the report; returns the report."""
@@ -90,7 +80,7 @@ def prepare(dataset: str, root: str, out: str, fold_ids: Sequence[int | None], *
     entry = {"fold": fold}
     for split in ("train", "test"):
       records = getattr(splits, split)
-      _write_text(os.path.join(out, list_name(fold, split)), format_list(records))
+      textfiles.write_atomic(os.path.join(out, list_name(fold, split)), format_list(records))
       per_class = collections.Counter(r.label for r in records)
       entry[split] = {
           "list": list_name(fold, split),
@@ -106,8 +96,8 @@ def prepare(dataset: str, root: str, out: str, fold_ids: Sequence[int | None], *
           "fold": fold, "split": p.split, "source": os.path.relpath(p.source, root), "line": p.line,
           "clip": p.clip, "kind": p.kind, "reason": p.reason})
   class_orders.write_classes_file(os.path.join(out, class_orders.CLASSES_FILE), names)
-  _write_text(os.path.join(out, "report.json"), json.dumps(report, indent=2) + "\n")
-  _write_text(os.path.join(out, "report.txt"), format_report(report) + "\n")
+  textfiles.write_atomic(os.path.join(out, "report.json"), json.dumps(report, indent=2) + "\n")
+  textfiles.write_atomic(os.path.join(out, "report.txt"), format_report(report) + "\n")
   return report
 
 
@@ -132,14 +122,6 @@ def format_report(report: dict, max_problems: int | None = None) -> str:
   else:
     lines.append("every listed clip was found with frames")
   return "\n".join(lines)
-
-
-def _write_text(path: str, text: str) -> None:
-  # Write then rename, so an interrupted run never leaves a half list that looks whole.
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -177,6 +177,17 @@ def read_annotation_list(
   return records, skipped
 
 
+def format_list(records: Sequence[ClipRecord]) -> str:
+  """The official format, one clip a line; a space in a path would make the line ambiguous."""
+  lines = []
+  for r in records:
+    if any(c.isspace() for c in r.path):
+      raise ValueError(f"{r.where()}: clip path {r.path!r} contains whitespace, which the "
+                       f"space-separated list format cannot hold")
+    lines.append(f"{r.path} {r.num_frames} {r.label}\n")
+  return "".join(lines)
+
+
 def format_skipped(skipped: Sequence[SkippedClip], limit: int | None = 20) -> str:
   """A human summary: the count, then one line per skipped clip (the first ``limit``)."""
   if not skipped:

@@ -1,7 +1,9 @@
-"""Reading the line-oriented text files datasets ship (lists, split files), tolerantly."""
+"""Reading the line-oriented text files datasets ship (lists, split files), tolerantly; writing ours
+atomically."""
 
 from __future__ import annotations
 
+import os
 import re
 
 
@@ -17,3 +19,12 @@ def read_lines(path: str, error: type[Exception] = ValueError) -> list[tuple[int
   # Only real line breaks: str.splitlines would also split on form feeds and the like.
   rows = re.split(r"\r\n|\r|\n", text)
   return [(i, row.strip()) for i, row in enumerate(rows, start=1) if row.strip()]
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes ``text`` (UTF-8, LF) to ``path`` through a temporary file and a rename, so an
+  interrupted run never leaves a half file that looks whole."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    f.write(text)
+  os.replace(tmp, path)
