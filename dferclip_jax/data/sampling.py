@@ -1,7 +1,7 @@
 """Which frames of a clip are read: the official segment sampler, as TensorFlow ops.
 
-A clip of ``n`` frames (``n`` = the count its list declares; frames ordered by name) is cut into
-``num_segments`` segments; each contributes ``duration`` consecutive frames starting at its offset
+A clip of ``n`` frames (``n`` = the count its list declares; frames in natural name order,
+``frames.list_frames``) is cut into ``num_segments`` segments; each contributes ``duration`` consecutive frames starting at its offset
 (a run that reaches the last frame repeats it). DFER-CLIP uses 16 segments of duration 1.
 
 Train (a fresh random draw per clip and epoch), with ``avg = (n - duration + 1) // num_segments``:
