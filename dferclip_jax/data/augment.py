@@ -10,7 +10,7 @@ The official transforms, in their order (``train_data_loader`` / ``test_data_loa
   dfew     brightness jitter 0.5 -> random sized crop -> horizontal flip
   ferv39k  rotation within +-4 degrees -> random sized crop -> horizontal flip
   mafw     random sized crop -> horizontal flip
-  hesp     HESP's train transform (its datasets/dataset_MAFW.py:125-129): horizontal flip ->
+  hesp     HESP's train transform (its datasets/dataset_MAFW.py:119-121): horizontal flip ->
            bilinear resize to ``size x size`` -> random sized crop (of the resized frame); the
            flip is applied last here, which draws the same distribution (the crop's position is
            uniform, so mirrored or not it is the same law)

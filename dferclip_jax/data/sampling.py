@@ -19,7 +19,7 @@ takes the point at fraction ``(c + 0.5) / K`` of each segment, ``int(tick * (c +
 K=1 is exactly the official middle. Clips too short for segments give K identical clips.
 
 Short clips (``short_clips``): ``"edge"`` (default, DFER-CLIP's loader) pads as above;
-``"first"`` is HESP's loader (datasets/dataset_MAFW.py:71-72 and 78-79: ``np.zeros``): every
+``"first"`` is HESP's loader (datasets/dataset_MAFW.py:72 and 80: ``np.zeros``): every
 segment reads frame 0, so such a clip becomes a still of its first frame.
 
 All functions take scalar tensors (or Python ints) and run eagerly or inside tf.data; the random

@@ -89,7 +89,7 @@ def prompt_words(config, known_names) -> tuple[str, ...]:
   ``config.openset.class_words``: "hesp" (HESP's words, ``hesp_lists.class_words``) or "names".
   With ``config.hesp.official`` the words are sorted alphabetically, as the official code sorts
   its ``classes_names`` (HESP_main.py:181-182) while its labels follow the sorted class indices
-  (datasets/dataset_MAFW.py:40, 58): where the two orders differ, prompt i is trained against
+  (datasets/dataset_MAFW.py:39, 57): where the two orders differ, prompt i is trained against
   the label of another class. Otherwise they follow the labels.
   """
   words = (hesp_lists.class_words(known_names) if config.openset.class_words == "hesp"
