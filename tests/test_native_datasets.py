@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 DFEW_HAPPY, DFEW_SAD, DFEW_NEUTRAL, DFEW_ANGRY, DFEW_SURPRISE, DFEW_DISGUST, DFEW_FEAR = range(1, 8)
 
 
-def _frames(folder: Path, n: int, *, jpeg: bool = False) -> None:
+def _frames(folder: Path, n: int, *, jpeg: bool = False, name: str = "{clip}_{i}.jpg") -> None:
   folder.mkdir(parents=True)
   for i in range(1, n + 1):
-    path = folder / f"{folder.name}_{i}.jpg"
+    path = folder / name.format(clip=folder.name, i=i)
     if jpeg:
       Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8)).save(path)
     else:
@@ -58,7 +58,7 @@ def _dfew_label(i: int) -> int:
 def make_dfew(root: Path) -> Path:
   for i in range(1, 15):
     _frames(root / "Clip/clip_224x224" / f"{i:05d}", 3 + i % 4, jpeg=True)
-    _frames(root / "Clip/clip_224x224_16f" / f"{i:05d}", 16)
+    _frames(root / "Clip/clip_224x224_16f" / f"{i:05d}", 16, name="{i}.jpg")  # as DFEW names them
   (root / "Clip/clip_224x224/00016").mkdir()
   (root / "Clip/clip_224x224/00016/Thumbs.db").touch()  # not a frame
   for k in range(1, 6):
@@ -148,6 +148,24 @@ def test_dfew_16_frame_variant(tmp_path):
   assert [p.clip for p in splits.problems] == ["Clip/clip_224x224_16f/00015"]
 
 
+def test_unpadded_frame_names_are_read_in_numeric_order_and_reported(tmp_path):
+  root = make_dfew(tmp_path / "DFEW")
+  listed: dict = {}
+  splits = native.read_native("dfew", root, fold=2, dfew_frames="clip_224x224_16f",
+                              frame_names=listed)
+  assert listed["Clip/clip_224x224_16f/00001"] == tuple(f"{i}.jpg" for i in range(1, 17))
+  assert splits.reordered == [r.path for r in splits.train + splits.test]
+  # The all-frames rendering names its frames 00001_1.jpg ... 00001_6.jpg: one digit, no reorder.
+  assert native.read_native("dfew", root, fold=2).reordered == []
+  report = prepare.prepare("dfew", str(root), str(tmp_path / "out"), (1, 2),
+                           dfew_frames="clip_224x224_16f")
+  assert report["reordered"] == [f"Clip/clip_224x224_16f/{i:05d}" for i in (1, 2, 3, 4, 6, 7, 8, 9,
+                                                                            11, 12, 13, 14, 5, 10)]
+  text = (tmp_path / "out" / "report.txt").read_text()
+  assert "14 clip folders number their frames without zero padding" in text
+  assert "\n  Clip/clip_224x224_16f/00010" in text
+
+
 def test_dfew_bad_label_names_file_line_and_field(tmp_path):
   root = make_dfew(tmp_path / "DFEW")
   _write(root / "EmoLabel_DataSplit/test(single-labeled)/set_4.csv", "video_name,label\n3,4\n8,0\n")
@@ -232,10 +250,13 @@ def test_ferv39k_unknown_class_names_file_and_line(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def make_mafw(root: Path) -> Path:
+def make_mafw(root: Path, *, frames: str = "data/frames", split_dir: str = "Train & Test Set") -> Path:
+  """MAFW as published (``data/frames`` PNG, ``Train & Test Set/``) or as some copies hold it
+  (``data/faces`` JPEG, MAE-DFER's ``split/``)."""
+  suffix = "png" if frames == "data/frames" else "jpg"
   for i in range(1, 23):
-    _frames(root / "data/faces" / f"{i:05d}", 2 + i % 3)
-  (root / "data/faces/00023").mkdir()  # face detection found nothing
+    _frames(root / frames / f"{i:05d}", 2 + i % 3, name="{i}." + suffix)
+  (root / frames / "00023").mkdir()  # face detection found nothing
   for k in range(1, 6):
     test = [i for i in range(1, 23) if i % 5 == k - 1]
     train = [i for i in range(1, 23) if i % 5 != k - 1]
@@ -245,7 +266,7 @@ def make_mafw(root: Path) -> Path:
       rows = [f"{i:05d}.mp4 {class_orders.DFERCLIP_11[(i - 1) % 11]}" for i in ids]
       if k == 1:
         rows[0] = rows[0].replace("00001.mp4", "1.mp4") + "\t"  # unpadded, trailing tab
-      _write(root / f"split/single/no_caption/set_{k}/{split}.txt", "\n".join(rows) + "\n",
+      _write(root / split_dir / f"single/no_caption/set_{k}/{split}.txt", "\n".join(rows) + "\n",
              newline="\r\n" if k == 3 else "\n")
   return root
 
@@ -256,12 +277,12 @@ def test_mafw_lists_and_labels(tmp_path):
   splits = native.read_native("mafw", root, fold=1)
   assert splits.class_names == class_orders.DFERCLIP_11
   assert prepare.format_list(splits.test) == """\
-data/faces/00005 4 4
-data/faces/00010 3 9
-data/faces/00015 2 3
-data/faces/00020 4 8
+data/frames/00005 4 4
+data/frames/00010 3 9
+data/frames/00015 2 3
+data/frames/00020 4 8
 """
-  assert splits.train[0].path == "data/faces/00001" and splits.train[0].label == 0
+  assert splits.train[0].path == "data/frames/00001" and splits.train[0].label == 0
   assert splits.problems == []
   sizes = [tuple(map(len, (s.train, s.test))) for s in
            (native.read_native("mafw", root, fold=k) for k in native.folds("mafw"))]
@@ -272,11 +293,42 @@ def test_mafw_problems_and_bad_label(tmp_path):
   root = make_mafw(tmp_path / "MAFW")
   splits = native.read_native("mafw", root, fold=2)
   assert [(p.split, p.kind, p.clip, p.line) for p in splits.problems] == [
-      ("test", "empty", "data/faces/00023", 6)]
-  _write(root / "split/single/no_caption/set_5/train.txt", "00001.mp4 happiness\n00002.mp4 angry\n")
+      ("test", "empty", "data/frames/00023", 6)]
+  _write(root / "Train & Test Set/single/no_caption/set_5/train.txt", "00001.mp4 happiness\n00002.mp4 angry\n")
   with pytest.raises(native.SplitFileError,
                      match=r"set_5/train\.txt:2: field label: unknown class name 'angry'"):
     native.read_native("mafw", root, fold=5)
+
+
+def test_mafw_both_folder_variants_prepare_into_the_same_lists(tmp_path):
+  published = make_mafw(tmp_path / "published")
+  copy = make_mafw(tmp_path / "copy", frames="data/faces", split_dir="split")
+  assert native.frames_dir("mafw", published) == "data/frames"
+  assert native.frames_dir("mafw", copy) == "data/faces"
+  reports = [prepare.prepare("mafw", str(root), str(tmp_path / name / "out"), native.folds("mafw"))
+             for name, root in (("a", published), ("b", copy))]
+  assert [r["frames_dir"] for r in reports] == ["data/frames", "data/faces"]
+  for k in native.folds("mafw"):
+    for split in ("train", "test"):
+      a = (tmp_path / "a/out" / f"set_{k}_{split}.txt").read_text()
+      b = (tmp_path / "b/out" / f"set_{k}_{split}.txt").read_text()
+      assert a.startswith("data/frames/000") and a == b.replace("data/faces/", "data/frames/")
+  assert reports[0]["reordered"] == reports[1]["reordered"] == []  # at most 4 frames a clip
+
+
+def test_mafw_publisher_spellings_are_found_first(tmp_path):
+  root = make_mafw(tmp_path / "MAFW")
+  assert native.split_file_candidates("mafw", 1, "test") == (
+      "Train & Test Set/single/no_caption/set_1/test.txt", "split/single/no_caption/set_1/test.txt")
+  # A renamed copy beside the original, listing other clips, and a data/faces beside data/frames.
+  for k in range(1, 6):
+    for split in ("train", "test"):
+      _write(root / f"split/single/no_caption/set_{k}/{split}.txt", "00002.mp4 sadness\n")
+  _frames(root / "data/faces/00002", 9)
+  splits = native.read_native("mafw", root, fold=1)
+  assert [r.path for r in splits.test] == [f"data/frames/{i:05d}" for i in (5, 10, 15, 20)]
+  assert splits.test[0].source.endswith(os.path.join("Train & Test Set", "single", "no_caption",
+                                                     "set_1", "test.txt"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,7 +342,8 @@ def test_layout_errors_say_what_was_expected_and_found(tmp_path):
   with pytest.raises(native.LayoutError) as err:
     native.check_layout("mafw", dfew)
   message = str(err.value)
-  assert "data/faces/" in message and "split/single/no_caption/set_<k>/train.txt" in message
+  assert "data/frames/ or data/faces/" in message
+  assert "Train & Test Set/single/no_caption/set_<k>/train.txt or split/" in message
   assert "for k = 1..5" in message
   assert "found in" in message and "EmoLabel_DataSplit" in message
   # Pointed one level too high, or at the wrong rendering: the message says what to do.

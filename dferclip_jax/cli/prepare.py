@@ -8,8 +8,11 @@ the count is the frames actually on disk. Written to ``--out``:
 
   set_<k>_train.txt, set_<k>_test.txt   per fold (DFEW, MAFW); train.txt, test.txt (FERV39k)
   classes.txt                            line i names label i (for loaders to check against the config)
-  report.json, report.txt                clip counts per fold and class, and every listed clip
-                                         left out (missing folder, no frames, ...) with file:line
+  report.json, report.txt                clip counts per fold and class, every listed clip left
+                                         out (missing folder, no frames, ...) with file:line, and
+                                         the folders whose frames are numbered without zero
+                                         padding (read in numeric order, which a string sort,
+                                         the official loader's, would scramble)
 
 A root that is not the expected layout exits with status 1 and says what was expected.
 """
@@ -65,18 +68,21 @@ def prepare(dataset: str, root: str, out: str, fold_ids: Sequence[int | None], *
   native.check_layout(dataset, root, dfew_frames=dfew_frames)
   names = class_orders.class_names(dataset)
   os.makedirs(out, exist_ok=True)
-  counts_cache: dict = {}  # folds share clips: list each folder once
+  names_cache: dict = {}  # folds share clips: list each folder once
   report = {
       "dataset": dataset,
       "root": root,
-      "frames_dir": native.frames_dir(dataset, dfew_frames=dfew_frames),
+      "frames_dir": native.frames_dir(dataset, root, dfew_frames=dfew_frames),
       "class_names": list(names),
       "folds": [],
       "problems": [],
+      "reordered": [],
   }
+  reordered: dict[str, None] = {}
   for fold in fold_ids:
     splits = native.read_native(dataset, root, fold=fold, dfew_frames=dfew_frames,
-                                frame_counts=counts_cache)
+                                frame_names=names_cache)
+    reordered.update(dict.fromkeys(splits.reordered))
     entry = {"fold": fold}
     for split in ("train", "test"):
       records = getattr(splits, split)
@@ -95,6 +101,7 @@ def prepare(dataset: str, root: str, out: str, fold_ids: Sequence[int | None], *
       report["problems"].append({
           "fold": fold, "split": p.split, "source": os.path.relpath(p.source, root), "line": p.line,
           "clip": p.clip, "kind": p.kind, "reason": p.reason})
+  report["reordered"] = list(reordered)
   class_orders.write_classes_file(os.path.join(out, class_orders.CLASSES_FILE), names)
   textfiles.write_atomic(os.path.join(out, "report.json"), json.dumps(report, indent=2) + "\n")
   textfiles.write_atomic(os.path.join(out, "report.txt"), format_report(report) + "\n")
@@ -121,6 +128,14 @@ def format_report(report: dict, max_problems: int | None = None) -> str:
     lines += [f"  {p['source']}:{p['line']}: {p['clip']}: {p['kind']} ({p['reason']})" for p in shown]
   else:
     lines.append("every listed clip was found with frames")
+  reordered = report["reordered"]
+  if reordered:
+    shown = reordered if max_problems is None else reordered[:max_problems]
+    more = f" (first {len(shown)}; all in report.txt)" if len(shown) < len(reordered) else ""
+    lines.append(f"{len(reordered)} clip folders number their frames without zero padding "
+                 f"(e.g. 1.jpg ... 16.jpg): read in numeric order; a string sort (the official "
+                 f"loader's) would read them as 1, 10, 11, ..., 2, ...{more}:")
+    lines += [f"  {clip}" for clip in shown]
   return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 One clip per line: ``frames_dir num_frames label``, separated by spaces or tabs, label 0-based in
 the dataset's class order (``class_orders``). ``num_frames`` is the count the sampler spreads its
 segments over (the official loader trusts it); the folder must hold at least that many frames
-(``frames.list_frames``), and only its first ``num_frames`` frames by name can ever be sampled.
+(``frames.list_frames``), and only its first ``num_frames`` frames in natural name order can ever be sampled.
 
 Published lists carry their authors' absolute paths, so a path map rewrites prefixes
 (``"old_prefix=new_prefix"``; the longest matching prefix wins) and relative paths are joined to

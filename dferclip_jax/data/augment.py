@@ -10,6 +10,10 @@ The official transforms, in their order (``train_data_loader`` / ``test_data_loa
   dfew     brightness jitter 0.5 -> random sized crop -> horizontal flip
   ferv39k  rotation within +-4 degrees -> random sized crop -> horizontal flip
   mafw     random sized crop -> horizontal flip
+  hesp     HESP's train transform (its datasets/dataset_MAFW.py:119-121): horizontal flip ->
+           bilinear resize to ``size x size`` -> random sized crop (of the resized frame); the
+           flip is applied last here, which draws the same distribution (the crop's position is
+           uniform, so mirrored or not it is the same law)
   none     test transform: bilinear resize to ``size x size`` (aspect ratio not kept)
 
 Details kept from PIL / torchvision as the official code calls them:
@@ -40,7 +44,7 @@ import math
 
 import tensorflow as tf
 
-KINDS = ("dfew", "ferv39k", "mafw", "none")
+KINDS = ("dfew", "ferv39k", "mafw", "hesp", "none")
 BRIGHTNESS = 0.5
 ROTATION_DEGREES = 4.0
 CROP_AREA = (0.08, 1.0)
@@ -52,7 +56,7 @@ _BRIGHTNESS, _ROTATION, _CROP, _FLIP = 1, 2, 3, 4
 
 
 def augment_clip(frames: tf.Tensor, kind: str, size: int, seed) -> tf.Tensor:
-  """The training transform of ``kind`` ("dfew", "ferv39k", "mafw", "none") -> float32 in [0, 1]."""
+  """The training transform of ``kind`` (one of ``KINDS``) -> float32 in [0, 1]."""
   return to_unit(augment_clip_uint8(frames, kind, size, seed))
 
 
@@ -68,6 +72,8 @@ def augment_clip_uint8(frames: tf.Tensor, kind: str, size: int, seed) -> tf.Tens
   if kind == "none":
     return resize_clip_uint8(frames, size)
   seed = tf.cast(seed, tf.int64)
+  if kind == "hesp":  # resize first, so the crop is drawn on the size x size frame
+    frames = resize_clip_uint8(frames, size)
   angle = rotation_angle(_sub(seed, _ROTATION)) if kind == "ferv39k" else None
   factor = brightness_factor(_sub(seed, _BRIGHTNESS)) if kind == "dfew" else None
   video = random_sized_crop(frames, size, _sub(seed, _CROP), brightness=factor, rotation=angle)

@@ -1,8 +1,9 @@
 """Named class orders, the publishers' label vocabularies, and the ``classes.txt`` beside every list.
 
 A label is only an index into some order, and the projects in this field use different orders
-for the same emotions. DFER-CLIP follows DFEW's own numbering (happiness first); HESP and
-MAE-DFER's MAFW code put anger first; some repos sort names alphabetically. Mixing them up gives
+for the same emotions. DFER-CLIP follows DFEW's own numbering (happiness first); MAFW's own
+numbering (its annotation spreadsheets: 1 anger ... 11 disappointment), which HESP and MAE-DFER's
+MAFW code follow, puts anger first; some repos sort names alphabetically. Mixing them up gives
 a model that trains fine and predicts permuted classes, so every order here has a name, labels
 move between orders only by class name (``convert_labels``), and every annotation list is written
 with a ``classes.txt`` that a reader checks against the configured order (``check_classes_file``).
@@ -18,7 +19,8 @@ from typing import Mapping, Sequence
 DFERCLIP_7 = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")
 DFERCLIP_11 = DFERCLIP_7 + ("contempt", "anxiety", "helplessness", "disappointment")
 
-# HESP (open-set FER) and MAE-DFER's MAFW preprocessing. HESP's known-class split indices
+# MAFW's own numbering (its spreadsheets number 1 anger ... 11 disappointment), followed by HESP
+# (open-set FER) and MAE-DFER's MAFW preprocessing. HESP's known-class split indices
 # (its split.py) index this order; its MAFW lists pair 0 with Angry ... 10 with Disappointment.
 # HESP ships no DFEW/AFEW list; HESP_7 (its first seven) is the order its 7-class splits assume.
 HESP_11 = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise",
@@ -49,7 +51,7 @@ FERV39K_NATIVE: Mapping[str, str] = {
     "Happy": "happiness", "Sad": "sadness", "Neutral": "neutral", "Angry": "anger",
     "Surprise": "surprise", "Disgust": "disgust", "Fear": "fear",
 }
-# MAFW's single-label split files already use our names.
+# MAFW's single-label split files name the classes with our words (labels mapped by name).
 MAFW_NATIVE: Mapping[str, str] = {name: name for name in DFERCLIP_11}
 
 

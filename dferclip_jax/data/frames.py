@@ -1,34 +1,64 @@
 """Which files in a clip folder are frames, and in what order.
 
-One rule for every reader (annotation lists, the native layouts, the TFDS builders): a frame is a
-regular file directly in the clip folder whose name ends in ``.jpg``, ``.jpeg`` or ``.png`` (any
-case) and does not start with a dot; frames are ordered by name, as the official loader sorts its
-``glob``. Anything else in the folder (thumbnails, ``Thumbs.db``, landmarks) is ignored.
+One rule for every reader (annotation lists, the native layouts, the TFDS builders, predict): a
+frame is a regular file directly in the clip folder whose name ends in ``.jpg``, ``.jpeg`` or
+``.png`` (any case) and does not start with a dot. Anything else in the folder (thumbnails,
+``Thumbs.db``, landmarks) is ignored.
+
+Frames are ordered by name with numbers compared as numbers ("natural" order: ``2.jpg`` before
+``10.jpg``). DFEW's 16-frame rendering names its frames ``1.jpg`` ... ``16.jpg`` without zero
+padding, and the official loader's plain string sort reads such a clip as 1, 10, 11, ..., 16, 2,
+..., 9: scrambled time, with no error. On zero-padded names (``00001.jpg``) both orders agree, so
+where the official loader is right we read what it reads.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 from typing import Iterable, Mapping
 
-from dferclip_jax.data.native import FRAME_SUFFIXES
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 # Listing is I/O bound (and slow on network file systems): list folders from a thread pool.
 _LIST_THREADS = 16
+# Digit runs are left-padded to this width before comparing (longer runs compare as written).
+_NUMBER_WIDTH = 20
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def is_frame_name(name: str) -> bool:
   return not name.startswith(".") and name.lower().endswith(FRAME_SUFFIXES)
 
 
+def natural_key(name: str) -> tuple[str, str]:
+  """Sort key: every digit run zero-padded to a common width (so 2 < 10), ties by the name.
+
+  Padding keeps the comparison a plain string comparison, so on names whose numbers are already
+  padded to one width the order is exactly the string order.
+  """
+  return _DIGITS.sub(lambda m: m.group().rjust(_NUMBER_WIDTH, "0"), name), name
+
+
+def sort_frames(names: Iterable[str]) -> tuple[str, ...]:
+  """Frame names in natural order."""
+  return tuple(sorted(names, key=natural_key))
+
+
+def string_order_differs(names: Iterable[str]) -> bool:
+  """True if a plain string sort (the official loader's) would read these frames in another order."""
+  names = list(names)
+  return sorted(names) != sorted(names, key=natural_key)
+
+
 def list_frames(folder: str | os.PathLike) -> tuple[str, ...] | None:
-  """Frame file names in ``folder``, sorted; None if ``folder`` is not a directory."""
+  """Frame file names in ``folder``, in natural order; None if ``folder`` is not a directory."""
   try:
     entries = list(os.scandir(folder))
   except (FileNotFoundError, NotADirectoryError):
     return None
-  return tuple(sorted(e.name for e in entries if is_frame_name(e.name) and e.is_file()))
+  return sort_frames(e.name for e in entries if is_frame_name(e.name) and e.is_file())
 
 
 def list_many(folders: Iterable[str]) -> Mapping[str, tuple[str, ...] | None]:

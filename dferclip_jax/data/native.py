@@ -7,10 +7,11 @@ The expected layouts, under the dataset root a user downloaded and unpacked:
            CSV columns video_name,label; labels 1..7 (DFEW's README numbering)
   FERV39k  2_ClipsforFaceCrop/<Scenario>/<Class>/<id>/*.jpg
            4_setups/All_scenes/train_All.csv, test_All.csv; lines "<Scenario>/<Class>/<id> <Class>"
-  MAFW     data/faces/<5-digit id>/*.jpg
-           split/single/no_caption/set_<k>/train.txt, test.txt; lines "03747.mp4 anger"
+  MAFW     data/frames/<5-digit id>/*.png   (or data/faces/, see MAFW_FRAMES)
+           Train & Test Set/single/no_caption/set_<k>/train.txt, test.txt (or split/...);
+           lines "03747.mp4 anger"
 
-Frame counts are the frame images actually in each folder (the DFER-CLIP authors' lists carry
+Frame counts are the frame images actually in each folder (``frames.list_frames``) (the DFER-CLIP authors' lists carry
 counts that do not always match the released frames), labels are mapped by class name into the
 order of ``class_orders.class_names(dataset)``, and every clip remembers the split file and line
 that listed it. Listed clips whose folder is missing or holds no frames are not dropped silently:
@@ -30,6 +31,7 @@ import re
 from typing import Iterator, Mapping, MutableMapping, Sequence
 
 from dferclip_jax.data import class_orders
+from dferclip_jax.data import frames as frames_lib
 from dferclip_jax.data import textfiles
 from dferclip_jax.data.records import ClipRecord
 
@@ -38,17 +40,21 @@ NUM_FOLDS = {"dfew": 5, "ferv39k": 0, "mafw": 5}  # 0: a single train/test split
 # DFEW ships two face-crop renderings: all frames (the default, what DFER-CLIP used) and 16
 # frames per clip resampled by time interpolation.
 DFEW_FRAMES = ("clip_224x224", "clip_224x224_16f")
-FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+# MAFW's publisher ships its frames as data/frames/ (PNG; HiCMAE's preprocessing checks for its
+# 10,045 folders there); data/faces/ is the name in one lab's copies (JPEG). The first that exists
+# is read. (The frame file names inside data/frames/ are an assumption: no public source shows
+# them; any name the frame rule accepts works, in natural order.)
+MAFW_FRAMES = ("data/frames", "data/faces")
 # Split files sometimes name the source videos rather than the frame folders.
 _VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 # Other spellings of the same folders: DFEW's README names its archives "train(single_labeled)"
-# while copies in use hold "train(single-labeled)"; other projects' MAFW scripts expect
-# "Train & Test Set/" where the MAFW copies we know have "split/".
+# while copies in use hold "train(single-labeled)"; MAFW's publisher spells its split folder
+# "Train & Test Set/", and MAE-DFER's copy renames it "split/". Preferred spelling first.
 _DFEW_SPLIT_DIRS = {
     "train": ("train(single-labeled)", "train(single_labeled)"),
     "test": ("test(single-labeled)", "test(single_labeled)"),
 }
-_MAFW_SPLIT_ROOTS = ("split/single/no_caption", "Train & Test Set/single/no_caption")
+_MAFW_SPLIT_ROOTS = ("Train & Test Set/single/no_caption", "split/single/no_caption")
 _FERV39K_FRAMES = "2_ClipsforFaceCrop"
 _HEADER_WORDS = {"label", "labels", "class", "classname", "emotion", "expression", "category"}
 
@@ -91,6 +97,9 @@ class NativeSplits:
   train: list[ClipRecord]
   test: list[ClipRecord]
   problems: list[Problem]
+  # Clip folders (relative) whose frames a plain string sort would put in another order than
+  # the numeric one we read them in (names numbered without zero padding: 1.jpg ... 16.jpg).
+  reordered: list[str] = dataclasses.field(default_factory=list)
 
   def abspath(self, record: ClipRecord) -> str:
     return os.path.join(self.root, *record.path.split("/"))
@@ -102,12 +111,24 @@ def folds(dataset: str) -> tuple[int | None, ...]:
   return tuple(range(1, NUM_FOLDS[dataset] + 1)) or (None,)
 
 
-def frames_dir(dataset: str, *, dfew_frames: str = "clip_224x224") -> str:
-  """The folder under the root that holds one sub-folder of frames per clip."""
+def frames_dir_candidates(dataset: str, *, dfew_frames: str = "clip_224x224") -> tuple[str, ...]:
+  """Where the folder of per-clip frame folders may be, relative to the root, preferred first."""
   _check_dataset(dataset)
   if dfew_frames not in DFEW_FRAMES:
     raise ValueError(f"dfew_frames={dfew_frames!r}; expected one of {DFEW_FRAMES}")
-  return {"dfew": f"Clip/{dfew_frames}", "ferv39k": _FERV39K_FRAMES, "mafw": "data/faces"}[dataset]
+  return {"dfew": (f"Clip/{dfew_frames}",), "ferv39k": (_FERV39K_FRAMES,), "mafw": MAFW_FRAMES}[dataset]
+
+
+def frames_dir(dataset: str, root: str | os.PathLike | None = None, *,
+               dfew_frames: str = "clip_224x224") -> str:
+  """The folder under ``root`` that holds one sub-folder of frames per clip: the first candidate
+  that exists there (the preferred one if none does, or if no root is given)."""
+  candidates = frames_dir_candidates(dataset, dfew_frames=dfew_frames)
+  if root is not None:
+    for candidate in candidates:
+      if os.path.isdir(os.path.join(root, candidate)):
+        return candidate
+  return candidates[0]
 
 
 def split_file_candidates(dataset: str, fold: int | None, split: str) -> tuple[str, ...]:
@@ -137,19 +158,22 @@ def is_native_layout(dataset: str, root: str | os.PathLike, *,
 
 def read_native(dataset: str, root: str | os.PathLike, *, fold: int | None = None,
                 dfew_frames: str = "clip_224x224",
-                frame_counts: MutableMapping[str, int | None] | None = None) -> NativeSplits:
+                frame_names: MutableMapping[str, tuple[str, ...] | None] | None = None
+                ) -> NativeSplits:
   """Reads one fold (DFEW, MAFW: 1..5; FERV39k: None) of a native dataset root.
 
-  ``frame_counts`` is an optional cache (relative clip path -> frame count, None if the folder
-  is absent) that a caller reading several folds may share, so each folder is listed once.
+  ``frame_names`` is an optional cache (relative clip path -> its frame names in reading order,
+  None if the folder is absent) that a caller reading several folds may share, so each folder is
+  listed once.
   """
   _check_fold(dataset, fold)
-  frames = frames_dir(dataset, dfew_frames=dfew_frames)
   root = os.path.abspath(root)
   check_layout(dataset, root, dfew_frames=dfew_frames)
+  frames = frames_dir(dataset, root, dfew_frames=dfew_frames)
   names = class_orders.class_names(dataset)
-  counts = {} if frame_counts is None else frame_counts
+  listed = {} if frame_names is None else frame_names
   problems: list[Problem] = []
+  reordered: dict[str, None] = {}
   parse = {"dfew": _parse_dfew, "ferv39k": _parse_ferv39k, "mafw": _parse_mafw}[dataset]
   splits = {}
   for split in ("train", "test"):
@@ -170,20 +194,25 @@ def read_native(dataset: str, root: str | os.PathLike, *, fold: int | None = Non
         problems.append(Problem(**where, kind="duplicate", reason=reason))
         continue
       first_line[clip] = entry.line
-      if clip not in counts:
-        counts[clip] = _count_frames(os.path.join(root, clip))
-      num_frames = counts[clip]
+      if clip not in listed:
+        listed[clip] = frames_lib.list_frames(os.path.join(root, clip))
+      frame_files = listed[clip]
+      num_frames = None if frame_files is None else len(frame_files)
       if num_frames is None:
         kind = "not_a_folder" if os.path.exists(os.path.join(root, clip)) else "missing"
         problems.append(Problem(**where, kind=kind, reason=f"no folder {os.path.join(root, clip)}"))
       elif num_frames == 0:
-        problems.append(Problem(**where, kind="empty", reason=f"no {'/'.join(FRAME_SUFFIXES)} files"))
+        problems.append(Problem(**where, kind="empty",
+                                reason=f"no {'/'.join(frames_lib.FRAME_SUFFIXES)} files"))
       else:
+        if frames_lib.string_order_differs(frame_files):
+          reordered[clip] = None
         records.append(ClipRecord(path=clip, num_frames=num_frames, label=names.index(entry.name),
                                   source=source, line=entry.line))
     splits[split] = records
   return NativeSplits(dataset=dataset, root=root, fold=fold, class_names=names,
-                      train=splits["train"], test=splits["test"], problems=problems)
+                      train=splits["train"], test=splits["test"], problems=problems,
+                      reordered=list(reordered))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,16 +351,6 @@ def _resolve(root: str, frames: str, candidates: tuple[str, ...]) -> str:
   return f"{frames}/{candidates[0]}"
 
 
-def _count_frames(folder: str) -> int | None:
-  """Frame images directly in ``folder``; None if it is not a directory."""
-  try:
-    entries = list(os.scandir(folder))
-  except (FileNotFoundError, NotADirectoryError):
-    return None
-  return sum(1 for e in entries
-             if not e.name.startswith(".") and e.name.lower().endswith(FRAME_SUFFIXES) and e.is_file())
-
-
 def _split_templates(dataset: str, split: str) -> tuple[str, ...]:
   if split not in ("train", "test"):
     raise ValueError(f"split={split!r}; expected 'train' or 'test'")
@@ -350,10 +369,10 @@ def _first_file(root: str, candidates: Sequence[str]) -> str | None:
 
 
 def _missing_parts(dataset: str, root: str, dfew_frames: str) -> list[str]:
-  frames = frames_dir(dataset, dfew_frames=dfew_frames)
+  candidates = frames_dir_candidates(dataset, dfew_frames=dfew_frames)
   missing = []
-  if not os.path.isdir(os.path.join(root, frames)):
-    missing.append(f"{frames}/ (one folder of frames per clip)")
+  if not any(os.path.isdir(os.path.join(root, c)) for c in candidates):
+    missing.append(" or ".join(f"{c}/" for c in candidates) + " (one folder of frames per clip)")
   for split in ("train", "test"):
     absent = [fold for fold in folds(dataset)
               if _first_file(root, split_file_candidates(dataset, fold, split)) is None]

@@ -138,7 +138,8 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1)
 
 def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_size: int,
                   num_frames: int = 16, seed: int, start_step: int = 0, process_index: int = 0,
-                  process_count: int = 1, prefetch: int = 2) -> tf.data.Dataset:
+                  process_count: int = 1, prefetch: int = 2,
+                  short_clips: str = "edge") -> tf.data.Dataset:
   """The training stream from ``start_step`` on, as a tf.data.Dataset (see ``train_batches``)."""
   source = as_source(source)
   _check_common(batch_size, image_size, num_frames, process_index, process_count)
@@ -156,7 +157,8 @@ def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_s
     key = clip_seed(p, seed)
     count, label, handle = source.fetch(example)
     sampling_seed = tf.random.experimental.stateless_fold_in(key, _SAMPLING)
-    indices = sampling.train_indices(count, sampling_seed, num_segments=num_frames)
+    indices = sampling.train_indices(count, sampling_seed, num_segments=num_frames,
+                                     short_clips=short_clips)
     frames = sources_lib.decode_frames(*source.frames(handle, indices))
     video = augment.augment_clip_uint8(frames, augmentation, image_size, key)
     video = tf.ensure_shape(video, [num_frames, image_size, image_size, 3])
@@ -171,7 +173,7 @@ def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_s
 
 def eval_dataset(source: Source, *, batch_size: int, image_size: int, num_frames: int = 16,
                  process_index: int = 0, process_count: int = 1, num_clips: int = 1,
-                 prefetch: int = 2) -> tf.data.Dataset:
+                 prefetch: int = 2, short_clips: str = "edge") -> tf.data.Dataset:
   """One evaluation pass over the source as a tf.data.Dataset (see ``eval_batches``)."""
   source = as_source(source)
   _check_common(batch_size, image_size, num_frames, process_index, process_count)
@@ -187,7 +189,8 @@ def eval_dataset(source: Source, *, batch_size: int, image_size: int, num_frames
 
     def clip():
       count, label, handle = source.fetch(p)
-      indices = sampling.test_indices(count, num_segments=num_frames, num_clips=num_clips)
+      indices = sampling.test_indices(count, num_segments=num_frames, num_clips=num_clips,
+                                      short_clips=short_clips)
       frames = sources_lib.decode_frames(*source.frames(handle, tf.reshape(indices, [-1])))
       video = augment.resize_clip_uint8(frames, image_size)
       return tf.reshape(video, shape), label
@@ -213,18 +216,19 @@ def eval_dataset(source: Source, *, batch_size: int, image_size: int, num_frames
 
 def train_batches(source: Source, *, augmentation: str, batch_size: int, image_size: int,
                   num_frames: int = 16, seed: int, start_step: int = 0, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                  process_count: int = 1, short_clips: str = "edge") -> Iterator[dict[str, np.ndarray]]:
   """Infinite iterator of this host's training batches from ``start_step`` on.
 
   Each batch: ``{"video": uint8 [batch_size, num_frames, image_size, image_size, 3],
   "label": int32 [batch_size]}``; ``batch_size`` is per host. Deterministic for a seed; batch
-  ``k`` is the same whether the run started at 0 or at ``start_step <= k``.
+  ``k`` is the same whether the run started at 0 or at ``start_step <= k``. ``short_clips``:
+  how clips with fewer frames than ``num_frames`` are filled (``sampling.SHORT_CLIPS``).
   """
   source = as_source(source)
   ds = train_dataset(source, augmentation=augmentation, batch_size=batch_size,
                      image_size=image_size, num_frames=num_frames, seed=seed,
                      start_step=start_step, process_index=process_index,
-                     process_count=process_count)
+                     process_count=process_count, short_clips=short_clips)
   n = len(source)
 
   def examples(step):
@@ -235,8 +239,8 @@ def train_batches(source: Source, *, augmentation: str, batch_size: int, image_s
 
 
 def eval_batches(source: Source, *, batch_size: int, image_size: int, num_frames: int = 16,
-                 process_index: int = 0, process_count: int = 1,
-                 num_clips: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                 process_index: int = 0, process_count: int = 1, num_clips: int = 1,
+                 short_clips: str = "edge") -> Iterator[dict[str, np.ndarray]]:
   """One pass of this host's evaluation batches: ``num_eval_batches(len(source), batch_size,
   process_count)`` of them, the last padded.
 
@@ -246,7 +250,8 @@ def eval_batches(source: Source, *, batch_size: int, image_size: int, num_frames
   """
   source = as_source(source)
   ds = eval_dataset(source, batch_size=batch_size, image_size=image_size, num_frames=num_frames,
-                    process_index=process_index, process_count=process_count, num_clips=num_clips)
+                    process_index=process_index, process_count=process_count, num_clips=num_clips,
+                    short_clips=short_clips)
   n = len(source)
 
   def examples(step):

@@ -1,8 +1,8 @@
 """Which frames of a clip are read: the official segment sampler, as TensorFlow ops.
 
-A clip of ``n`` frames (``n`` = the count its list declares; frames ordered by name) is cut into
-``num_segments`` segments; each contributes ``duration`` consecutive frames starting at its offset
-(a run that reaches the last frame repeats it). DFER-CLIP uses 16 segments of duration 1.
+A clip of ``n`` frames (``n`` = the count its list declares; frames in natural name order,
+``frames.list_frames``) is cut into ``num_segments`` segments; each contributes ``duration``
+consecutive frames starting at its offset (a run that reaches the last frame repeats it). DFER-CLIP uses 16 segments of duration 1.
 
 Train (a fresh random draw per clip and epoch), with ``avg = (n - duration + 1) // num_segments``:
   * ``avg > 0``: offset of segment ``i`` = ``i * avg + randint(avg)``, one frame per segment.
@@ -18,6 +18,10 @@ takes the point at fraction ``(c + 0.5) / K`` of each segment, ``int(tick * (c +
 * i)``, so K=2 reads the quarter and three-quarter points and K=3 the 1/6, 1/2 and 5/6 points;
 K=1 is exactly the official middle. Clips too short for segments give K identical clips.
 
+Short clips (``short_clips``): ``"edge"`` (default, DFER-CLIP's loader) pads as above;
+``"first"`` is HESP's loader (datasets/dataset_MAFW.py:72 and 80: ``np.zeros``): every
+segment reads frame 0, so such a clip becomes a still of its first frame.
+
 All functions take scalar tensors (or Python ints) and run eagerly or inside tf.data; the random
 draws are stateless functions of the seed, so a clip's frames depend only on (seed, clip).
 """
@@ -27,12 +31,16 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def train_indices(num_frames, seed, *, num_segments: int = 16, duration: int = 1) -> tf.Tensor:
+SHORT_CLIPS = ("edge", "first")
+
+
+def train_indices(num_frames, seed, *, num_segments: int = 16, duration: int = 1,
+                  short_clips: str = "edge") -> tf.Tensor:
   """Frame indices for one training clip: int32 ``[num_segments * duration]``.
 
   ``seed``: a stateless seed, shape [2] int64.
   """
-  _check(num_segments, duration)
+  _check(num_segments, duration, short_clips)
   n = tf.cast(num_frames, tf.int32)
   seed = tf.cast(seed, tf.int64)
   span = n - duration + 1
@@ -46,14 +54,14 @@ def train_indices(num_frames, seed, *, num_segments: int = 16, duration: int = 1
   scattered = tf.sort(tf.random.stateless_uniform([num_segments], seed=_sub(seed, 1), minval=0,
                                                   maxval=tf.maximum(span, 1), dtype=tf.int32))
   offsets = tf.where(average > 0, spread,
-                     tf.where(n > num_segments, scattered, _padded(n, num_segments)))
+                     tf.where(n > num_segments, scattered, _short(n, num_segments, short_clips)))
   return _expand(offsets, n, duration)
 
 
 def test_indices(num_frames, *, num_segments: int = 16, duration: int = 1,
-                 num_clips: int = 1) -> tf.Tensor:
+                 num_clips: int = 1, short_clips: str = "edge") -> tf.Tensor:
   """Frame indices for evaluation: int32 ``[num_clips, num_segments * duration]``."""
-  _check(num_segments, duration)
+  _check(num_segments, duration, short_clips)
   if num_clips < 1:
     raise ValueError(f"num_clips={num_clips}: expected at least 1")
   n = tf.cast(num_frames, tf.int32)
@@ -65,7 +73,7 @@ def test_indices(num_frames, *, num_segments: int = 16, duration: int = 1,
     fraction = (clip + 0.5) / num_clips  # 0.5 for one clip: tick * 0.5 == tick / 2.0 exactly
     rows.append(tf.cast(tf.floor(tick * fraction + tick * segments), tf.int32))
   spread = tf.stack(rows)
-  padded = tf.tile(_padded(n, num_segments)[None], [num_clips, 1])
+  padded = tf.tile(_short(n, num_segments, short_clips)[None], [num_clips, 1])
   offsets = tf.where(n > num_segments + duration - 1, spread, padded)
   return tf.reshape(_expand(offsets, n, duration), [num_clips, num_segments * duration])
 
@@ -73,6 +81,12 @@ def test_indices(num_frames, *, num_segments: int = 16, duration: int = 1,
 def _padded(n: tf.Tensor, num_segments: int) -> tf.Tensor:
   """0, 1, ..., n - 1, then n - 1 repeated up to ``num_segments`` (numpy's 'edge' padding)."""
   return tf.minimum(tf.range(num_segments, dtype=tf.int32), n - 1)
+
+
+def _short(n: tf.Tensor, num_segments: int, short_clips: str) -> tf.Tensor:
+  if short_clips == "first":
+    return tf.zeros([num_segments], tf.int32)
+  return _padded(n, num_segments)
 
 
 def _expand(offsets: tf.Tensor, n: tf.Tensor, duration: int) -> tf.Tensor:
@@ -88,6 +102,8 @@ def _sub(seed: tf.Tensor, purpose: int) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(seed, purpose)
 
 
-def _check(num_segments: int, duration: int) -> None:
+def _check(num_segments: int, duration: int, short_clips: str = "edge") -> None:
   if num_segments < 1 or duration < 1:
     raise ValueError(f"num_segments={num_segments}, duration={duration}: both must be at least 1")
+  if short_clips not in SHORT_CLIPS:
+    raise ValueError(f"short_clips={short_clips!r}: expected one of {SHORT_CLIPS}")

@@ -8,10 +8,17 @@ Methods (``config.openset.method``):
     the maximum softmax probability;
   * ``zeroshot_clip``: CLIP with class prompts and no training, scored by the maximum softmax.
 
+Clips (``config.openset.clips``): the config's annotation lists (``data_lists``), or HESP's own
+MAFW lists (``hesp_mafw``, ``openset/hesp_lists.py``). ``config.openset.class_words``: HESP's
+class words (Angry, Happy, ...) or the config's class names in HESP's prompts.
+``config.hesp.official=True`` reproduces HESP's official code where it departs from its method
+(docs/openset.md lists each point with the official file and line).
+
 Each split runs in ``workdir/split_XX`` (resumable; a finished split is not run again);
 ``metrics.jsonl`` gets one line per split (``split``, ``known``, ``openset/acc``,
-``openset/auroc``, ``openset/oscr``), ``openset_results.json`` the per-split numbers and their
-mean +- std, which are also printed as a table.
+``openset/auroc``, ``openset/oscr``, and with ``hesp.official`` ``openset/auroc_official``,
+``openset/oscr_official``), ``openset_results.json`` the per-split numbers and their mean +- std,
+which are also printed as a table.
 """
 
 from __future__ import annotations
@@ -28,40 +35,73 @@ from absl import logging
 from dferclip_jax import class_texts as class_texts_lib
 from dferclip_jax import evaluation, metrics
 from dferclip_jax.data import pipeline
+from dferclip_jax.openset import hesp_lists
 from dferclip_jax.openset import splits as splits_lib
 from dferclip_jax.train import config_checks, data_setup, model_setup, reporting, trainer
 from dferclip_jax.train import sharding as sharding_lib
 from dferclip_jax.tokenizer import tokenize
 
 METHODS = ("hesp", "dferclip_msp", "zeroshot_clip")
+CLIPS = ("data_lists", "hesp_mafw")
+CLASS_WORDS = ("hesp", "names")
 RESULTS_FILE = "openset_results.json"
 SCORES = ("openset/acc", "openset/auroc", "openset/oscr")
+# HESP's own AUROC (a tie counts 0) and OSCR (its off-by-one), reported with hesp.official=True.
+OFFICIAL_SCORES = ("openset/auroc_official", "openset/oscr_official")
 
 
-def open_set_scores(known_scores, unknown_scores, known_labels, use_softmax: bool) -> dict:
-  """Per-class scores [N, K] of known and unknown test clips -> ACC, AUROC, OSCR (percent)."""
+def open_set_scores(known_scores, unknown_scores, known_labels, use_softmax: bool,
+                    official: bool = False) -> dict:
+  """Per-class scores [N, K] of known and unknown test clips -> ACC, AUROC, OSCR (percent);
+  ``official`` adds HESP's own AUROC and OSCR (``OFFICIAL_SCORES``)."""
   if use_softmax:
     known_scores = jax.nn.softmax(jnp.asarray(known_scores, jnp.float32), -1)
     unknown_scores = jax.nn.softmax(jnp.asarray(unknown_scores, jnp.float32), -1)
   known_scores, unknown_scores = np.asarray(known_scores), np.asarray(unknown_scores)
   labels = np.asarray(known_labels)
-  return {"openset/acc": float(100.0 * np.mean(known_scores.argmax(1) == labels)),
-          "openset/auroc": metrics.auroc(known_scores.max(1), unknown_scores.max(1)),
-          "openset/oscr": metrics.oscr(known_scores, unknown_scores, labels)}
+  out = {"openset/acc": float(100.0 * np.mean(known_scores.argmax(1) == labels)),
+         "openset/auroc": metrics.auroc(known_scores.max(1), unknown_scores.max(1)),
+         "openset/oscr": metrics.oscr(known_scores, unknown_scores, labels)}
+  if official:
+    out["openset/auroc_official"] = metrics.auroc_hesp(known_scores.max(1), unknown_scores.max(1))
+    out["openset/oscr_official"] = metrics.oscr_hesp(known_scores, unknown_scores, labels)
+  return out
 
 
-def _score(fn, variables, records, image_size, num_frames, batch, mesh):
+def _score(fn, variables, records, image_size, num_frames, batch, mesh, short_clips="edge"):
   batches = pipeline.eval_batches(records, batch_size=batch, image_size=image_size,
                                   num_frames=num_frames, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+                                  process_count=jax.process_count(), short_clips=short_clips)
   return evaluation.collect_outputs(fn, variables, batches, mesh, len(records))
 
 
 def _evaluate(fn, variables, data: splits_lib.OpenSetData, image_size, num_frames, batch, mesh,
-              use_softmax) -> dict:
-  known = _score(fn, variables, data.test_known, image_size, num_frames, batch, mesh)
-  unknown = _score(fn, variables, data.test_unknown, image_size, num_frames, batch, mesh)
-  return open_set_scores(known, unknown, [r.label for r in data.test_known], use_softmax)
+              use_softmax, official: bool = False) -> dict:
+  short = "first" if official else "edge"
+  known = _score(fn, variables, data.test_known, image_size, num_frames, batch, mesh, short)
+  unknown = _score(fn, variables, data.test_unknown, image_size, num_frames, batch, mesh, short)
+  return open_set_scores(known, unknown, [r.label for r in data.test_known], use_softmax, official)
+
+
+def prompt_words(config, known_names) -> tuple[str, ...]:
+  """The class words of HESP's prompts; word ``i`` is paired with label ``i``.
+
+  ``config.openset.class_words``: "hesp" (HESP's words, ``hesp_lists.class_words``) or "names".
+  With ``config.hesp.official`` the words are sorted alphabetically, as the official code sorts
+  its ``classes_names`` (HESP_main.py:181-182) while its labels follow the sorted class indices
+  (datasets/dataset_MAFW.py:39, 57): where the two orders differ, prompt i is trained against
+  the label of another class. Otherwise they follow the labels.
+  """
+  words = (hesp_lists.class_words(known_names) if config.openset.class_words == "hesp"
+           else tuple(known_names))
+  return tuple(sorted(words)) if config.hesp.official else words
+
+
+def hesp_prompt_texts(config, known_names) -> tuple[list[str], list[str]]:
+  """(class texts after the contexts, "This video is not <word>." texts), in label order."""
+  from dferclip_jax.openset import hesp
+  words = prompt_words(config, known_names)
+  return [hesp.class_prompt_text(w) for w in words], [hesp.UNKNOWN_TEMPLATE.format(w) for w in words]
 
 
 def known_texts(config, known_names) -> list[str]:
@@ -76,28 +116,33 @@ def run_hesp(config, workdir: Path, data, mesh) -> dict:
   from dferclip_jax.openset import hesp, hesp_train
   h = config.hesp
   rng = jax.random.PRNGKey(config.seed)
+  words = prompt_words(config, data.known_names)
   clip_config, clip_params, tokenizer = model_setup.clip_and_tokenizer(
-      config, [hesp.class_prompt_text(n) for n in data.known_names]
-      + [hesp.UNKNOWN_TEMPLATE.format(n) for n in data.known_names], rng)
-  model, variables = hesp.build_hesp(clip_config, clip_params, data.known_names, tokenizer, rng=rng,
+      config, sum(hesp_prompt_texts(config, data.known_names), []), rng)
+  model, variables = hesp.build_hesp(clip_config, clip_params, words, tokenizer, rng=rng,
                                      n_ctx=h.n_ctx, patch_size=h.patch_size, num_frames=h.num_frames,
                                      dtype=jnp.dtype(config.dtype))
   size = clip_config.vision_config.image_size
   first = next(pipeline.eval_batches(data.train, batch_size=1, image_size=size, num_frames=1))
-  names, _ = tokenize(tokenizer, list(data.known_names), clip_config.text_config.max_position_embeddings)
+  names, _ = tokenize(tokenizer, list(words), clip_config.text_config.max_position_embeddings)
   variables["patch"]["position"] = hesp.attention_peak(clip_config, clip_params, first["video"][0, 0],
                                                        names, jax.random.fold_in(rng, 1))
   logging.info("HESP patch position (row, col): %s", variables["patch"]["position"].tolist())
   scores_fn = jax.jit(lambda v, x: model.apply(v, x)["logits"])
   batch = sharding_lib.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
 
+  # HESP keeps the epoch with the best AUROC + OSCR on the test clips (HESP_main.py:264-267), by
+  # its own AUROC and OSCR where the run reproduces its code.
+  select = OFFICIAL_SCORES if h.official else ("openset/auroc", "openset/oscr")
+
   def on_eval(step, v):
-    scores = _evaluate(scores_fn, v, data, size, h.num_frames, batch, mesh, use_softmax=False)
-    return {**scores, "select": scores["openset/auroc"] + scores["openset/oscr"]}
+    scores = _evaluate(scores_fn, v, data, size, h.num_frames, batch, mesh, use_softmax=False,
+                       official=h.official)
+    return {**scores, "select": sum(scores[k] for k in select)}
 
   final = hesp_train.train_hesp(config, workdir, model, variables, data.train, mesh, on_eval)
   return {**on_eval(None, final), "patch_position": variables["patch"]["position"].tolist(),
-          "test_selected": test_selected(workdir)}
+          "prompt_words": list(words), "test_selected": test_selected(workdir)}
 
 
 def test_selected(workdir: Path) -> dict:
@@ -105,7 +150,7 @@ def test_selected(workdir: Path) -> dict:
   test data, so optimistic; we report the final model and keep this for comparison)."""
   evals = [r for r in reporting.read_metrics(workdir) if "select" in r]
   best = max(evals, key=lambda r: r["select"])
-  return {"step": best["step"], **{k: best[k] for k in SCORES}}
+  return {"step": best["step"], **{k: best[k] for k in SCORES + OFFICIAL_SCORES if k in best}}
 
 
 def run_dferclip_msp(config, workdir: Path, data, mesh) -> dict:
@@ -150,11 +195,34 @@ def summarize(per_split: list[dict]) -> dict:
     values = np.array(values, np.float64)
     return {"mean": float(values.mean()), "std": float(values.std()), "values": values.tolist()}
 
-  out = {key: stats([s[key] for s in per_split]) for key in SCORES}
+  keys = [k for k in SCORES + OFFICIAL_SCORES if all(k in s for s in per_split)]
+  out = {key: stats([s[key] for s in per_split]) for key in keys}
   if all("test_selected" in s for s in per_split):
     out.update({f"test_selected/{key}": stats([s["test_selected"][key] for s in per_split])
-                for key in SCORES})
+                for key in keys if all(key in s["test_selected"] for s in per_split)})
   return out
+
+
+def use_hesp_mafw_lists(config, workdir: Path):
+  """A copy of ``config`` whose annotation lists are HESP's MAFW clips resolved under
+  ``config.data.root`` (written to ``workdir/hesp_mafw_lists/``)."""
+  o = config.openset
+  if o.hesp_dataset.upper() != "MAFW":
+    raise config_checks.ConfigError(
+        f"config.openset.clips='hesp_mafw' needs config.openset.hesp_dataset='MAFW', not "
+        f"{o.hesp_dataset!r} (HESP ships lists for MAFW only)")
+  if config.data.source != "lists" or config.dataset == "synthetic" or not config.data.root:
+    raise config_checks.ConfigError(
+        "config.openset.clips='hesp_mafw' resolves HESP's MAFW clip ids under config.data.root: "
+        "set it to the MAFW root (data/frames/<id> as published, or HESP's frames/Train|Val/...)")
+  try:
+    lists = hesp_lists.write_lists(config.data.root, workdir / "hesp_mafw_lists", config.class_names)
+  except ValueError as err:
+    raise config_checks.ConfigError(f"config.openset.clips='hesp_mafw': {err}") from None
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.data.train_list, c.data.test_list = lists["train"], lists["test"]
+  return c
 
 
 def run_openset(config, workdir: str | Path) -> dict:
@@ -162,11 +230,18 @@ def run_openset(config, workdir: str | Path) -> dict:
   o = config.openset
   if o.method not in METHODS:
     raise config_checks.ConfigError(f"config.openset.method={o.method!r}: expected one of {METHODS}")
+  if o.clips not in CLIPS:
+    raise config_checks.ConfigError(f"config.openset.clips={o.clips!r}: expected one of {CLIPS}")
+  if o.class_words not in CLASS_WORDS:
+    raise config_checks.ConfigError(
+        f"config.openset.class_words={o.class_words!r}: expected one of {CLASS_WORDS}")
   if config.data.source != "lists":  # splitting by class needs the clips' labels up front
     raise config_checks.ConfigError(
         f"config.data.source={config.data.source!r}: open-set runs read annotation lists "
         "(config.data.source='lists'); TFDS sources are not split by class")
   config_checks.check_config(config)
+  if o.clips == "hesp_mafw":
+    config = use_hesp_mafw_lists(config, workdir)
   table = splits_lib.load_splits(o.hesp_dataset)
   indices = list(o.splits) or list(range(len(table)))
   mesh = sharding_lib.make_mesh(config.mesh, num_devices=config.num_devices)
@@ -192,7 +267,7 @@ def run_openset(config, workdir: str | Path) -> dict:
         sub.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(reporting._plain(result), indent=2) + "\n")
     if k not in logged:
-      writer.write(k, {key: result[key] for key in SCORES},
+      writer.write(k, {key: result[key] for key in SCORES + OFFICIAL_SCORES if key in result},
                    {"split": k, "known": result["known"], "method": o.method})
     per_split.append(result)
   writer.close()
@@ -206,6 +281,9 @@ def run_openset(config, workdir: str | Path) -> dict:
           for r in per_split]
   rows.append(("mean +- std", "  ".join(f"{k.split('/')[1].upper()} {s[k]['mean']:.2f} +- {s[k]['std']:.2f}"
                                          for k in SCORES)))
+  if all(k in s for k in OFFICIAL_SCORES):
+    rows.append(("HESP's metrics", "  ".join(
+        f"{k.split('/')[1].upper()} {s[k]['mean']:.2f} +- {s[k]['std']:.2f}" for k in OFFICIAL_SCORES)))
   if "test_selected/openset/auroc" in s:  # HESP's own figure, selected on the test clips
     rows.append(("best epoch on test", "  ".join(
         f"{k.split('/')[1].upper()} {s['test_selected/' + k]['mean']:.2f} +- {s['test_selected/' + k]['std']:.2f}"

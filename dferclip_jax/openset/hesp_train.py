@@ -9,7 +9,12 @@ on the video features + the ARPL-style open-set loss + CE of the unknown visual 
 * the unknown visual prompts move by that step, with ``g`` averaged over the K prompts and applied
   to each, and then by SGD with the same gradient;
 * the radius by SGD; the class contexts by SGD at ``hesp.lr_context`` (see docs/openset.md: the
-  official code zeroes their gradients too, so they never learn there; 0 reproduces that).
+  official code's ``prompt.zero_grad()`` before ``optimizer.step()``, core/train.py:175-177,
+  clears their gradients too, so they never learn there; ``hesp.official=True`` reproduces that).
+
+With ``hesp.official=True`` training also reads clips shorter than ``hesp.num_frames`` as frame 0
+repeated and resizes each frame to the model's size before the random sized crop, as the
+official loader does (``sampling``'s ``short_clips="first"``, ``augment``'s "hesp").
 
 SGD is PyTorch's (momentum 0.9, weight decay 1e-4 added to the gradient), the learning rate
 x0.1 at epochs 30, 60, 90, 120.
@@ -38,7 +43,8 @@ GROUPS = {"context": "prompt_learner/.*", "unknown": "(unknown_visual|radius)",
 def make_optimizer(h, steps_per_epoch: int, trainable_assignment):
   optim = ml_collections.ConfigDict(dict(
       name="sgd", momentum=h.momentum, weight_decay=h.weight_decay, milestones=tuple(h.milestones),
-      gamma=0.1, lr={"context": h.lr_context, "unknown": h.lr, "perturbation": 0.0}))
+      gamma=0.1, lr={"context": 0.0 if h.official else h.lr_context, "unknown": h.lr,
+                     "perturbation": 0.0}))
   return optimizer_lib.make_optimizer(optim, trainable_assignment, steps_per_epoch)
 
 
@@ -106,10 +112,11 @@ def train_hesp(config, workdir: Path, model, variables, train_records, mesh, on_
                     out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=(0,))
   writer = reporting.MetricWriter(workdir, resume_step=start, tensorboard=False)
   batches = pipeline.train_batches(
-      train_records, augmentation=config.data.augmentation, batch_size=local_batch,
-      image_size=model.clip_config.vision_config.image_size, num_frames=h.num_frames,
-      seed=config.seed, start_step=start, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      train_records, augmentation="hesp" if h.official else config.data.augmentation,
+      batch_size=local_batch, image_size=model.clip_config.vision_config.image_size,
+      num_frames=h.num_frames, seed=config.seed, start_step=start,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      short_clips="first" if h.official else "edge")
   eval_every = max(1, h.eval_every_epochs) * steps_per_epoch
   variables_of = lambda s: {"params": {**s["params"], **s["frozen"]}, **s["collections"]}
   step = start

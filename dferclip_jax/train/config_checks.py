@@ -12,7 +12,7 @@ DATASETS = {"dfew": 5, "mafw": 5, "ferv39k": 0, "afew": 0, "synthetic": 5}  # na
 DTYPES = ("float32", "bfloat16")
 TEXT_TYPES = ("class_names", "class_names_with_context", "class_descriptor")
 POSITIONS = ("end", "middle", "front")
-AUGMENTATIONS = ("dfew", "ferv39k", "mafw", "none")
+AUGMENTATIONS = ("dfew", "ferv39k", "mafw", "hesp", "none")  # = data.augment.KINDS (no TF import here)
 
 
 class ConfigError(ValueError):

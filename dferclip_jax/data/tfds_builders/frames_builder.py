@@ -9,9 +9,9 @@ The manual folder (``--manual_dir``, or ``DownloadConfig(manual_dir=...)``) hold
     ``path_map.txt``: one ``old_prefix=new_prefix`` a line), at the top of the folder or in
     ``annotations/``. Every line is validated as for training (``on_bad_clip="error"``).
 
-Each example is one clip: the original bytes of its first ``num_frames`` frames by name (no
-re-encoding: the pixels are those of the frame folders, so training on TFDS or on the folders
-gives the same batches), the frame names, the frame count, the label (ClassLabel in DFER-CLIP's
+Each example is one clip: the original bytes of its first ``num_frames`` frames in natural name
+order (``frames.list_frames``: 2.jpg before 10.jpg; no re-encoding: the pixels are those of the
+frame folders, so training on TFDS or on the folders gives the same batches), the frame names, the frame count, the label (ClassLabel in DFER-CLIP's
 order) and where the clip came from. Examples keep the list's order (shuffling is disabled: the
 pipeline shuffles by index), and the files are ArrayRecord, which the pipeline reads by index
 (``tfds.data_source``); that random access is what makes resuming exact.
@@ -99,10 +99,10 @@ class FramesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {name: self._generate_examples(root, records) for name, records in splits.items()}
 
   def _native_splits(self, root: str) -> dict[str, list[ClipRecord]]:
-    counts: dict = {}
+    listed: dict = {}
     out = {}
     for fold in self._folds():
-      read = native.read_native(self.DATASET, root, fold=fold, frame_counts=counts)
+      read = native.read_native(self.DATASET, root, fold=fold, frame_names=listed)
       for problem in read.problems:
         logging.warning("%s: left out: %s", self.DATASET, problem)
       out[split_name(fold, "train")] = read.train

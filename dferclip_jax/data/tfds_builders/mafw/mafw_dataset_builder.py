@@ -12,15 +12,16 @@ from dferclip_jax.data.tfds_builders import frames_builder
 
 
 class Builder(frames_builder.FramesBuilder):
-  """MAFW clips as encoded frames, labels in DFER-CLIP's order."""
+  """MAFW clips as encoded frames, labels in DFER-CLIP's order (= MAFW's own numbering's
+  classes, reordered: MAFW numbers anger first)."""
 
   DATASET = "mafw"
   BUILDER_CONFIGS = frames_builder.fold_configs(5)
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Request MAFW from its authors (https://mafw-database.github.io/MAFW/) and unpack it. The manual
 folder is either the dataset root as published:
-  data/faces/<5-digit id>/*.jpg
-  split/single/no_caption/set_<k>/train.txt, test.txt
+  data/frames/<5-digit id>/*.png          (data/faces/<id>/*.jpg is accepted too)
+  Train & Test Set/single/no_caption/set_<k>/train.txt, test.txt   (or split/single/...)
 or a folder of DFER-CLIP annotation lists set_<k>_train.txt, set_<k>_test.txt (k = 1..5; at its
 top or in annotations/) whose clip paths are relative to it, as written by
   python -m dferclip_jax.cli.prepare --dataset=mafw --root=<root> --out=<root>
