@@ -111,6 +111,21 @@ def test_dropped_and_reordered_classes_by_name(data_dir, source_run):
   assert bundle.class_texts == [f"{name}." for name in names]  # the demo's texts: "happiness." ...
 
 
+def test_generic_contexts_are_kept_whole(tmp_path, data_dir):
+  from dferclip_jax.train import model_setup
+  config = tiny_config(**{"data.synthetic.dir": data_dir, "model.class_specific": False})
+  source = model_setup.build_model(config, jax.random.PRNGKey(3))
+  export.save_model(tmp_path / "generic", source.model, source.variables, class_names=source.class_names)
+  names = ("sadness", "happiness")
+  config = tiny_config(**{"init_checkpoint": str(tmp_path / "generic"), "class_names": names})
+  bundle = init_checkpoint.build_model(config, jax.random.PRNGKey(0))
+  plan = init_checkpoint.plan_classes(init_checkpoint.load_source(config), names)
+  assert plan.kept == ["clip", "temporal", "generic contexts", f"prompt tokens of classes {list(names)}"]
+  np.testing.assert_array_equal(bundle.variables["params"]["prompt_learner"]["ctx"],
+                                source.variables["params"]["prompt_learner"]["ctx"])
+  np.testing.assert_array_equal(bundle.variables["prompts"]["ids"], source.variables["prompts"]["ids"][[1, 0]])
+
+
 def test_bad_init_checkpoints_fail_before_compiling(tmp_path, data_dir, source_run, monkeypatch):
   monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before checking"))
   (tmp_path / "notes.txt").write_text("x")
