@@ -19,10 +19,16 @@ from dferclip_jax.data import class_orders
 from dferclip_jax.models.dferclip import model_from_kwargs, model_kwargs, prompt_tokens
 from dferclip_jax.tokenizer import load_tokenizer
 from dferclip_jax.train import checkpointing, config_checks, data_setup, init_checkpoint, reporting, trainer
-from test_train import tiny_config
+import test_train
 
 OFFICIAL_RTOL = 1e-4  # the issue's bar against the official training code
 SAME_RTOL = 1e-5      # the same float32 computation, jitted and sharded differently
+
+
+def tiny_config(**overrides):
+  """test_train's tiny demo recipe on one device (8 simulated ones only slow these runs down)."""
+  return test_train.tiny_config(**{"num_devices": 1, "mesh.data": 1, "data.synthetic.clips_per_class": 4,
+                                   **overrides})
 
 
 def logged_losses(workdir) -> list[float]:
