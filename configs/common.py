@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text_type = "class_descriptor"  # class_names | class_names_with_context | class_descriptor
   c.model.class_texts_file = config_dict.placeholder(str)  # one line per class, overrides text_type
   c.model.normalize_input = False  # the official loader feeds [0, 1] pixels without CLIP mean/std
+  # Start from a trained model instead of CLIP (fine-tuning): an official .pth, a model directory,
+  # or WORKDIR:best|latest|STEP. Its architecture, weights and prompts replace config.model's.
+  c.init_checkpoint = config_dict.placeholder(str)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "sgd"

@@ -65,29 +65,48 @@ def collect_outputs(fn, variables, batches, mesh, num_examples: int) -> np.ndarr
   return out
 
 
-def load_model_for_eval(checkpoint: str, workdir: str | Path | None, mesh, min_shard_size: int,
+def load_model_for_eval(checkpoint: str | int, workdir: str | Path | None, mesh, min_shard_size: int,
                         **overrides):
-  """-> (model, variables on the mesh, class names or None, a description of the source)."""
-  shardings = lambda tree: sharding_lib.tree_shardings(tree, mesh, min_shard_size)
-  path = Path(checkpoint).expanduser()
-  if checkpoint in ("best", "latest"):
+  """-> (model, variables, class names or None, a description of the source).
+
+  ``checkpoint``: "best" or "latest" of ``workdir``'s run, a step number (int) of it, a model
+  directory, or an official .pth. The variables are laid out on ``mesh``, or are host numpy
+  arrays when ``mesh`` is None (training places them itself).
+  """
+  shardings = None if mesh is None else (
+      lambda tree: sharding_lib.tree_shardings(tree, mesh, min_shard_size))
+  if checkpoint in ("best", "latest") or isinstance(checkpoint, int):
     if workdir is None:
       raise ValueError(f"--checkpoint={checkpoint} needs --workdir (the training run's directory)")
     workdir = Path(workdir)
     card = export.read_model_card_file(workdir / export.MODEL_FILE)
     manager = checkpointing.Checkpointer(workdir / "checkpoints", "eval/uar", asynchronous=False)
-    step = manager.best_step() if checkpoint == "best" else manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{workdir}/checkpoints: no {checkpoint} checkpoint (has the run "
-                              f"evaluated at least once?)")
-    variables = manager.restore_variables(step, shardings)
-    manager.close()
+    try:
+      if isinstance(checkpoint, int):
+        step, steps = checkpoint, manager.all_steps()
+        if step not in steps:
+          raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint of step {step} (there are "
+                                  f"{sorted(steps)})")
+      else:
+        step = manager.best_step() if checkpoint == "best" else manager.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"{workdir}/checkpoints: no {checkpoint} checkpoint (has the run "
+                                f"evaluated at least once?)")
+      variables = manager.restore_variables(step, shardings)
+    finally:
+      manager.close()
+    if mesh is None:
+      variables = jax.tree.map(np.asarray, jax.device_get(variables))
     model = model_from_kwargs(card["model"], **overrides)
-    return model, variables, card.get("class_names") or None, f"{workdir} step {step} ({checkpoint})"
+    what = checkpoint if isinstance(checkpoint, str) else "step"
+    return model, variables, card.get("class_names") or None, f"{workdir} step {step} ({what})"
+  path = Path(checkpoint).expanduser()
   if path.suffix == ".pth":
     model, variables = official.load_checkpoint(path)
     model = model.clone(**overrides)
-    return model, sharding_lib.put_global(variables, shardings(variables)), None, f"official {path}"
+    if shardings is not None:
+      variables = sharding_lib.put_global(variables, shardings(variables))
+    return model, variables, None, f"official {path}"
   model, variables, card = export.load_model(path, shardings=shardings, **overrides)
   return model, variables, card.get("class_names") or None, str(path)
 

@@ -166,6 +166,10 @@ def test_open_set_config_errors(tmp_path, data_dir):
   config.data.source = "tfds"
   with pytest.raises(ValueError, match="config.data.source='tfds'"):
     experiment.run_openset(config, tmp_path)
+  config = demo_config(data_dir, "hesp")
+  config.init_checkpoint = str(tmp_path / "model.pth")
+  with pytest.raises(ValueError, match="config.init_checkpoint is set, but config.openset.method='hesp'"):
+    experiment.run_openset(config, tmp_path)
   assert hesp_mafw.get_config().hesp.n_ctx == 16 and hesp_mafw.get_config().hesp.patch_size == 56
 
 

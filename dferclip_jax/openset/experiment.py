@@ -235,6 +235,10 @@ def run_openset(config, workdir: str | Path) -> dict:
   if o.class_words not in CLASS_WORDS:
     raise config_checks.ConfigError(
         f"config.openset.class_words={o.class_words!r}: expected one of {CLASS_WORDS}")
+  if config.init_checkpoint and o.method != "dferclip_msp":  # the others build their own models
+    raise config_checks.ConfigError(
+        f"config.init_checkpoint is set, but config.openset.method={o.method!r} does not start from "
+        "a checkpoint (only 'dferclip_msp', which trains DFER-CLIP, does)")
   if config.data.source != "lists":  # splitting by class needs the clips' labels up front
     raise config_checks.ConfigError(
         f"config.data.source={config.data.source!r}: open-set runs read annotation lists "

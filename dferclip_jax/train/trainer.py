@@ -23,6 +23,7 @@ from absl import logging
 from dferclip_jax import evaluation, metrics as metrics_lib
 from dferclip_jax import plots
 from dferclip_jax.train import checkpointing, config_checks, data_setup, model_setup, optimizer, reporting
+from dferclip_jax.train import init_checkpoint
 from dferclip_jax.train import sharding as sharding_lib
 from dferclip_jax.train import train_step as steps
 
@@ -94,7 +95,10 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
                data.num_test, steps_per_epoch, total_steps)
 
   # ---------------------------------------------------------------------- model
-  bundle = model_setup.build_model(config, rng=jax.random.PRNGKey(config.seed))
+  if config.init_checkpoint:  # a trained model's architecture and weights (fine-tuning)
+    bundle = init_checkpoint.build_model(config, rng=jax.random.PRNGKey(config.seed))
+  else:
+    bundle = model_setup.build_model(config, rng=jax.random.PRNGKey(config.seed))
   model, variables = bundle.model, bundle.variables
   model_setup.write_model_card(workdir, bundle, config)
   image_size = model.clip_config.vision_config.image_size
