@@ -5,7 +5,7 @@ Modes (--mode), one example each:
   train      python main.py --config=configs/dfew.py:fold=1 --workdir=runs/dfew1 --config.data.root=/data/DFEW
              (trains and evaluates every epoch; the same command again resumes after preemption)
   evaluate   python main.py --mode=evaluate --config=configs/dfew.py:fold=1 --workdir=runs/dfew1 --checkpoint=best
-             (--checkpoint: best | latest | a converted/exported model dir | an official .pth)
+             (--checkpoint: best | latest | STEP | a converted/exported model dir | an official .pth)
   predict    python main.py --mode=predict --config=configs/dfew.py --workdir=runs/dfew1 \
                  --inputs=clips/a,clips/b.mp4,@more_inputs.txt --output=predictions.jsonl
   crossval   python main.py --mode=crossval --config=configs/dfew.py --workdir=runs/dfew_cv [--folds=1,2]
@@ -34,7 +34,7 @@ _MODE = flags.DEFINE_enum("mode", "train",
                           ["train", "evaluate", "predict", "crossval", "zeroshot", "openset"],
                           "What to run (see the module docstring for an example of each).")
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "best", "evaluate/predict: 'best' or 'latest' of --workdir's run, a model directory "
+    "checkpoint", "best", "evaluate/predict: 'best', 'latest' or a step number of --workdir's run, a model directory "
     "(model.json + variables/, e.g. from dferclip_jax.cli.convert_official), or an official .pth.")
 _INPUTS = flags.DEFINE_list("inputs", [], "predict: frame folders and video files; @FILE reads one "
                             "path per line from FILE.")
@@ -83,6 +83,8 @@ def main(argv):
   if not _WORKDIR.value and _MODE.value != "predict":
     raise app.UsageError("--workdir is required")
 
+  from dferclip_jax.train import config_checks
+  config_checks.check_list_overrides(config, config_flags.get_override_values(flags.FLAGS["config"]))
   logging.info("config:\n%s", config)
   mode, workdir = _MODE.value, _WORKDIR.value
   if mode == "train":

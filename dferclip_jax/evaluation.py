@@ -70,20 +70,27 @@ def load_model_for_eval(checkpoint: str, workdir: str | Path | None, mesh, min_s
   """-> (model, variables on the mesh, class names or None, a description of the source)."""
   shardings = lambda tree: sharding_lib.tree_shardings(tree, mesh, min_shard_size)
   path = Path(checkpoint).expanduser()
-  if checkpoint in ("best", "latest"):
+  if checkpoint in ("best", "latest") or checkpoint.isdigit():
     if workdir is None:
       raise ValueError(f"--checkpoint={checkpoint} needs --workdir (the training run's directory)")
     workdir = Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+      raise checkpointing.CheckpointNotFoundError(
+          f"--checkpoint={checkpoint}: {workdir} holds no checkpoints/ folder (is --workdir a training "
+          f"run's directory?); --checkpoint also takes a model directory or an official .pth")
     card = export.read_model_card_file(workdir / export.MODEL_FILE)
     manager = checkpointing.Checkpointer(workdir / "checkpoints", "eval/uar", asynchronous=False)
-    step = manager.best_step() if checkpoint == "best" else manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{workdir}/checkpoints: no {checkpoint} checkpoint (has the run "
-                              f"evaluated at least once?)")
-    variables = manager.restore_variables(step, shardings)
-    manager.close()
+    try:
+      step = manager.resolve(checkpoint)
+      variables = manager.restore_variables(step, shardings)
+    finally:
+      manager.close()
     model = model_from_kwargs(card["model"], **overrides)
     return model, variables, card.get("class_names") or None, f"{workdir} step {step} ({checkpoint})"
+  if not path.exists():
+    raise checkpointing.CheckpointNotFoundError(
+        f"--checkpoint={checkpoint}: no such file or folder (expected best, latest, a step number of "
+        f"--workdir's run, a model directory or an official .pth)")
   if path.suffix == ".pth":
     model, variables = official.load_checkpoint(path)
     model = model.clone(**overrides)
@@ -162,4 +169,6 @@ def evaluate_model(config, workdir, model, variables, source: str, out_name: str
 def _slug(checkpoint: str) -> str:
   if checkpoint in ("best", "latest"):
     return checkpoint
+  if checkpoint.isdigit():
+    return f"step_{checkpoint}"
   return Path(checkpoint).name.replace(".", "_") or "model"

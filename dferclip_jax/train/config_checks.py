@@ -42,7 +42,8 @@ def check_config(config) -> None:
   _require(d.augmentation in AUGMENTATIONS,
            f"config.data.augmentation={d.augmentation!r}: expected one of {AUGMENTATIONS}")
   _require(d.num_frames >= 1, f"config.data.num_frames={d.num_frames}: must be at least 1")
-  if d.source == "lists" and config.dataset != "synthetic":
+  explicit_lists = config.dataset == "synthetic" and (d.train_list or d.test_list)
+  if d.source == "lists" and (config.dataset != "synthetic" or explicit_lists):
     for field in ("train_list", "test_list"):
       value = d[field]
       _require(bool(value), f"config.data.{field} is empty: give the annotation list file")
@@ -53,6 +54,12 @@ def check_config(config) -> None:
       _require(Path(d.root).expanduser().is_dir(), f"config.data.root={d.root!r}: no such directory")
   if d.source == "tfds":
     _require(bool(d.tfds_name), "config.data.tfds_name is unset, but config.data.source='tfds'")
+  _require(0.0 <= d.val_fraction < 1.0,
+           f"config.data.val_fraction={d.val_fraction}: expected a fraction in [0, 1) (0 = no validation "
+           f"set: best is chosen on the test set, as the official code does)")
+  _require(d.val_fraction == 0 or d.source == "lists",
+           "config.data.val_fraction > 0 holds clips out of an annotation list: it needs "
+           "config.data.source='lists'")
 
   m = config.model
   _require(m.class_token_position in POSITIONS,
@@ -82,3 +89,12 @@ def check_config(config) -> None:
            "config.optim.momentum and config.optim.weight_decay must be non-negative")
   _require(set(o.lr.keys()) >= set(o.groups.keys()),
            f"config.optim.lr lacks a learning rate for groups {sorted(set(o.groups) - set(o.lr))}")
+
+
+def check_list_overrides(config, overridden) -> None:
+  """Lists given on the command line are never silently ignored: with a TFDS source they would be."""
+  lists = sorted(k for k in overridden if k in ("data.train_list", "data.test_list"))
+  _require(not lists or config.data.source == "lists",
+           f"--config.{lists[0] if lists else ''} is set but config.data.source="
+           f"{config.data.source!r} reads TFDS splits, not lists: drop the list or set "
+           f"--config.data.source=lists")
