@@ -335,7 +335,7 @@ def _explained(dataset, source, examples, first_step: int, what: str,
           if bad is None:
             raise ClipDataError(f"{broken} (while reading {what} batch {step})") from err
           found[example] = str(broken)
-      if not found:
+      if not found or all(e in bad for e in found):  # nothing new to skip: going on would loop
         listed = "; ".join(source.describe(e) for e in clips[:4])
         raise ClipDataError(f"reading {what} batch {step} failed: {err.message.strip()} "
                             f"(clips {listed}{', ...' if len(clips) > 4 else ''})") from err

@@ -42,8 +42,7 @@ def check_config(config) -> None:
   _require(d.augmentation in AUGMENTATIONS,
            f"config.data.augmentation={d.augmentation!r}: expected one of {AUGMENTATIONS}")
   _require(d.num_frames >= 1, f"config.data.num_frames={d.num_frames}: must be at least 1")
-  explicit_lists = config.dataset == "synthetic" and (d.train_list or d.test_list)
-  if d.source == "lists" and (config.dataset != "synthetic" or explicit_lists):
+  if d.source == "lists" and (config.dataset != "synthetic" or synthetic_uses_lists(config)):
     for field in ("train_list", "test_list"):
       value = d[field]
       _require(bool(value), f"config.data.{field} is empty: give the annotation list file")
@@ -98,3 +97,14 @@ def check_list_overrides(config, overridden) -> None:
            f"--config.{lists[0] if lists else ''} is set but config.data.source="
            f"{config.data.source!r} reads TFDS splits, not lists: drop the list or set "
            f"--config.data.source=lists")
+
+
+def synthetic_uses_lists(config) -> bool:
+  """Explicit lists win over the generated synthetic data; one list alone is ambiguous."""
+  given = [field for field in ("train_list", "test_list") if config.data[field]]
+  if len(given) == 1:
+    missing = "test_list" if given == ["train_list"] else "train_list"
+    raise ConfigError(f"config.data.{given[0]} is set on the synthetic config but config.data.{missing} "
+                      f"is not: give both lists to train on your data, or neither for the generated "
+                      f"synthetic dataset")
+  return bool(given)

@@ -21,7 +21,7 @@ import jax
 from absl import logging
 
 from dferclip_jax.data import annotations, holdout, pipeline
-from dferclip_jax.train.config_checks import ConfigError
+from dferclip_jax.train import config_checks
 
 
 @dataclasses.dataclass
@@ -125,13 +125,7 @@ def list_files(config, workdir: Path) -> tuple[str, str, str | None]:
   d = config.data
   if config.dataset != "synthetic":
     return d.train_list, d.test_list, d.root
-  given = [field for field in ("train_list", "test_list") if d[field]]
-  if len(given) == 1:
-    missing = ({"train_list", "test_list"} - set(given)).pop()
-    raise ConfigError(f"config.data.{given[0]} is set on the synthetic config but config.data.{missing} "
-                      f"is not: give both lists to train on your data, or neither for the "
-                      f"generated synthetic dataset")
-  if given:
+  if config_checks.synthetic_uses_lists(config):
     logging.info("dataset 'synthetic' with explicit lists: training on %s, testing on %s "
                  "(no synthetic data generated)", d.train_list, d.test_list)
     return d.train_list, d.test_list, d.root
