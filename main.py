@@ -11,6 +11,8 @@ Modes (--mode), one example each:
   crossval   python main.py --mode=crossval --config=configs/dfew.py --workdir=runs/dfew_cv [--folds=1,2]
   zeroshot   python main.py --mode=zeroshot --config=configs/dfew.py:fold=1 --workdir=runs/zs1
   openset    python main.py --mode=openset --config=configs/hesp_mafw.py --workdir=runs/hesp_mafw
+  verify     python main.py --mode=verify --config=configs/dfew.py:fold=1 --workdir=runs/dfew1
+             (decodes every frame of the lists once; unreadable clips -> runs/dfew1/bad_clips.txt)
 
 Any config value can be overridden with --config.<key>=<value>; a mistyped key is an error.
 """
@@ -31,7 +33,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/dfew.py:fold=1 (see configs/).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
 _MODE = flags.DEFINE_enum("mode", "train",
-                          ["train", "evaluate", "predict", "crossval", "zeroshot", "openset"],
+                          ["train", "evaluate", "predict", "crossval", "zeroshot", "openset", "verify"],
                           "What to run (see the module docstring for an example of each).")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "best", "evaluate/predict: 'best', 'latest' or a step number of --workdir's run, a model directory "
@@ -104,6 +106,9 @@ def main(argv):
     flag = flags.FLAGS["config"]
     crossval.run_crossval(config_flags.get_config_filename(flag), config_flags.get_override_values(flag),
                           workdir, [int(f) for f in _FOLDS.value], trainer.train_and_evaluate)
+  elif mode == "verify":
+    from dferclip_jax.train import data_setup
+    data_setup.verify_data(config, workdir)
   elif mode == "openset":
     from dferclip_jax.openset import experiment
     experiment.run_openset(config, workdir)

@@ -13,7 +13,7 @@ from configs import demo
 from dferclip_jax import evaluation, predict
 from dferclip_jax.data import annotations, pipeline, synthetic
 from dferclip_jax.data.sources import ClipDataError
-from dferclip_jax.train import checkpointing, config_checks, model_setup, reporting, trainer
+from dferclip_jax.train import checkpointing, config_checks, data_setup, model_setup, reporting, trainer
 from dferclip_jax.train import sharding as sharding_lib
 from dferclip_jax.train.train_step import clip_probabilities
 
@@ -134,6 +134,10 @@ def test_custom_lists_on_the_demo_config_with_a_truncated_clip(tmp_path, dataset
   train_list, broken = custom_lists(tmp_path, dataset, broken_line=5)
   config = tiny_config("epochs=1,clips_per_class=4", **{
       "data.train_list": train_list, "data.test_list": dataset.test_list, "data.root": dataset.root})
+  # --mode=verify finds it before any training.
+  [line] = data_setup.verify_data(config, tmp_path / "verify")
+  assert line.startswith(f"{train_list}:5 ({broken})") and "cannot decode" in line
+  assert (tmp_path / "verify" / "bad_clips.txt").read_text() == line + "\n"
   # on_bad_clip="error" (the default): stops, naming the list line, the folder and the frame.
   with pytest.raises(ClipDataError, match=rf"{train_list}:5 \({broken}\): {broken}/\d+\.jpg: cannot decode"):
     trainer.train_and_evaluate(config, tmp_path / "error_run")

@@ -22,6 +22,7 @@ from absl import logging
 
 from dferclip_jax.data import annotations, holdout, pipeline
 from dferclip_jax.train import config_checks
+from dferclip_jax.train.config_checks import ConfigError
 
 
 @dataclasses.dataclass
@@ -130,3 +131,17 @@ def list_files(config, workdir: Path) -> tuple[str, str, str | None]:
                  "(no synthetic data generated)", d.train_list, d.test_list)
     return d.train_list, d.test_list, d.root
   return synthetic_lists(config, workdir)
+
+
+def verify_data(config, workdir: str | Path) -> list[str]:
+  """``--mode=verify``: decodes every frame of the config's lists once and writes the clips that
+  fail to ``workdir/bad_clips.txt``; -> those lines."""
+  from dferclip_jax.data import verify
+  if config.data.source != "lists":
+    raise ConfigError(f"--mode=verify checks frame folders: config.data.source={config.data.source!r} "
+                      f"is not 'lists'")
+  train_list, test_list, root = list_files(config, Path(workdir))
+  sources = [(path, pipeline.as_source(read_list(config, path, root)[0])) for path in (train_list, test_list)]
+  bad = verify.verify_sources(sources, Path(workdir) / verify.BAD_CLIPS_FILE)
+  logging.info("%d unreadable clip(s) listed in %s", len(bad), Path(workdir) / verify.BAD_CLIPS_FILE)
+  return bad
