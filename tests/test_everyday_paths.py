@@ -203,3 +203,19 @@ def test_val_fraction_selects_on_validation_and_reports_both(tmp_path, dataset):
   assert {"best", "final", "test_selected"} <= set(saved)
   report = evaluation.run_evaluation(config, workdir)
   assert report["uar"] == pytest.approx(best["uar"])
+
+
+def test_crossval_reports_val_selected_final_and_test_selected(tmp_path):
+  from dferclip_jax import crossval
+  runs = {1: (60.0, 50.0, 70.0), 2: (40.0, 45.0, 50.0)}  # fold -> best (val-selected), final, test-selected UAR
+
+  def train(config, workdir):
+    best, final, test_selected = runs[config.fold]
+    figure = lambda uar, step: {"uar": uar, "war": uar + 1, "step": step}
+    return {"best": figure(best, 2), "final": figure(final, 6), "test_selected": figure(test_selected, 4)}
+
+  results = crossval.run_crossval("configs/demo.py", {}, tmp_path, [1, 2], train)
+  s = results["summary"]
+  assert s["best/uar"]["values"] == [60.0, 40.0] and s["best/uar"]["mean"] == pytest.approx(50.0)
+  assert s["test_selected/uar"]["values"] == [70.0, 50.0] and s["test_selected/uar"]["std"] == pytest.approx(10.0)
+  assert s["final/war"]["values"] == [51.0, 46.0]
