@@ -71,6 +71,7 @@ def test_tied_evaluations_best_is_on_disk_and_evaluate_predict_defaults_work(tmp
   evals = [r for r in reporting.read_metrics(workdir) if "eval/uar" in r]
   assert [r["step"] for r in evals] == [2, 4, 6] and len({r["eval/uar"] for r in evals}) == 1
   assert results["best"]["step"] == 2 and results["test_selected"]["step"] == 2  # earliest of a tie
+  assert results["best"]["selected_on"] == "test"  # no validation set: the official selection
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 6]
 
   report = evaluation.run_evaluation(config, workdir)  # the default, --checkpoint=best

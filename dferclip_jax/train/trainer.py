@@ -185,7 +185,8 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
         last_eval = run_eval(step)
         value = (last_eval["val"] if selection == "val" else last_eval)[metric_name]
         if checkpointing.is_better(value, step, best):
-          best = _selected(f"{selection}/{metric_name}", value, step, last_eval, selection)
+          best = _selected(f"{selection}/{metric_name}", value, step, last_eval,
+                           "val" if selection == "val" else "test")
           _write_eval_files(workdir, last_eval, bundle.class_names, step, suffix="_best")
         if checkpointing.is_better(last_eval[metric_name], step, test_selected):
           test_selected = _selected(f"eval/{metric_name}", last_eval[metric_name], step, last_eval, "test")
