@@ -232,11 +232,13 @@ def test_unreadable_clip_is_skipped_and_resume_stays_exact(one_broken_clip):
   _assert_same(_take(_train(train, bad={}), 6), batches)  # and a new run again finds the same
 
 
-def test_unreadable_eval_clip_is_masked_out(one_broken_clip):
+def test_unreadable_or_missing_eval_frames_are_masked_out(one_broken_clip):
   _, test = one_broken_clip
+  missing = sorted(pathlib.Path(test.records[0].path).iterdir())[0]  # the test sampler reads frame 0
+  missing.unlink()  # deleted after the list was read
   bad = {}
   batches = list(pipeline.eval_batches(test, batch_size=2, image_size=SIZE, num_frames=4, bad=bad))
-  assert list(bad) == [1]
+  assert sorted(bad) == [0, 1] and f"{missing}: cannot read" in bad[0] and "cannot decode" in bad[1]
   index = np.concatenate([b["index"] for b in batches])
   mask = np.concatenate([b["mask"] for b in batches])
-  assert sorted(index[mask].tolist()) == [i for i in range(len(test)) if i != 1]
+  assert sorted(index[mask].tolist()) == [i for i in range(len(test)) if i not in (0, 1)]
