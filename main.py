@@ -5,12 +5,14 @@ Modes (--mode), one example each:
   train      python main.py --config=configs/dfew.py:fold=1 --workdir=runs/dfew1 --config.data.root=/data/DFEW
              (trains and evaluates every epoch; the same command again resumes after preemption)
   evaluate   python main.py --mode=evaluate --config=configs/dfew.py:fold=1 --workdir=runs/dfew1 --checkpoint=best
-             (--checkpoint: best | latest | a converted/exported model dir | an official .pth)
+             (--checkpoint: best | latest | STEP | a converted/exported model dir | an official .pth)
   predict    python main.py --mode=predict --config=configs/dfew.py --workdir=runs/dfew1 \
                  --inputs=clips/a,clips/b.mp4,@more_inputs.txt --output=predictions.jsonl
   crossval   python main.py --mode=crossval --config=configs/dfew.py --workdir=runs/dfew_cv [--folds=1,2]
   zeroshot   python main.py --mode=zeroshot --config=configs/dfew.py:fold=1 --workdir=runs/zs1
   openset    python main.py --mode=openset --config=configs/hesp_mafw.py --workdir=runs/hesp_mafw
+  verify     python main.py --mode=verify --config=configs/dfew.py:fold=1 --workdir=runs/dfew1
+             (decodes every frame of the lists once; unreadable clips -> runs/dfew1/bad_clips.txt)
 
 Any config value can be overridden with --config.<key>=<value>; a mistyped key is an error.
 """
@@ -31,10 +33,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/dfew.py:fold=1 (see configs/).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
 _MODE = flags.DEFINE_enum("mode", "train",
-                          ["train", "evaluate", "predict", "crossval", "zeroshot", "openset"],
+                          ["train", "evaluate", "predict", "crossval", "zeroshot", "openset", "verify"],
                           "What to run (see the module docstring for an example of each).")
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "best", "evaluate/predict: 'best' or 'latest' of --workdir's run, a model directory "
+    "checkpoint", "best", "evaluate/predict: 'best', 'latest' or a step number of --workdir's run, a model directory "
     "(model.json + variables/, e.g. from dferclip_jax.cli.convert_official), or an official .pth.")
 _INPUTS = flags.DEFINE_list("inputs", [], "predict: frame folders and video files; @FILE reads one "
                             "path per line from FILE.")
@@ -87,6 +89,8 @@ def main(argv):
   if not _WORKDIR.value and _MODE.value != "predict":
     raise app.UsageError("--workdir is required")
 
+  from dferclip_jax.train import config_checks
+  config_checks.check_list_overrides(config, config_flags.get_override_values(flags.FLAGS["config"]))
   logging.info("config:\n%s", config)
   mode, workdir = _MODE.value, _WORKDIR.value
   if mode == "train":
@@ -106,6 +110,9 @@ def main(argv):
     flag = flags.FLAGS["config"]
     crossval.run_crossval(config_flags.get_config_filename(flag), config_flags.get_override_values(flag),
                           workdir, [int(f) for f in _FOLDS.value], trainer.train_and_evaluate)
+  elif mode == "verify":
+    from dferclip_jax.train import data_setup
+    data_setup.verify_data(config, workdir)
   elif mode == "openset":
     from dferclip_jax.openset import experiment
     experiment.run_openset(config, workdir)

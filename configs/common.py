@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.root = config_dict.placeholder(str)       # root of relative paths in the lists
   c.data.path_map = ()         # ("old_prefix=new_prefix", ...) for published absolute paths
   c.data.on_bad_clip = "error"  # or "skip": skipped clips are counted and listed
+  c.data.val_fraction = 0.0    # > 0: stratified hold-out of the train list; best is chosen on it
   c.data.tfds_name = config_dict.placeholder(str)  # e.g. "dfew"
   c.data.tfds_data_dir = config_dict.placeholder(str)
   c.data.tfds_train_split = "train"

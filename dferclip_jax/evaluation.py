@@ -69,38 +69,37 @@ def load_model_for_eval(checkpoint: str | int, workdir: str | Path | None, mesh,
                         **overrides):
   """-> (model, variables, class names or None, a description of the source).
 
-  ``checkpoint``: "best" or "latest" of ``workdir``'s run, a step number (int) of it, a model
-  directory, or an official .pth. The variables are laid out on ``mesh``, or are host numpy
-  arrays when ``mesh`` is None (training places them itself).
+  ``checkpoint``: "best" or "latest" of ``workdir``'s run, a step number of it, a model directory,
+  or an official .pth. The variables are laid out on ``mesh``, or are host numpy arrays when
+  ``mesh`` is None (training places them itself).
   """
   shardings = None if mesh is None else (
       lambda tree: sharding_lib.tree_shardings(tree, mesh, min_shard_size))
-  if checkpoint in ("best", "latest") or isinstance(checkpoint, int):
+  checkpoint = str(checkpoint)
+  path = Path(checkpoint).expanduser()
+  if checkpoint in ("best", "latest") or checkpoint.isdigit():
     if workdir is None:
       raise ValueError(f"--checkpoint={checkpoint} needs --workdir (the training run's directory)")
     workdir = Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+      raise checkpointing.CheckpointNotFoundError(
+          f"--checkpoint={checkpoint}: {workdir} holds no checkpoints/ folder (is --workdir a training "
+          f"run's directory?); --checkpoint also takes a model directory or an official .pth")
     card = export.read_model_card_file(workdir / export.MODEL_FILE)
     manager = checkpointing.Checkpointer(workdir / "checkpoints", "eval/uar", asynchronous=False)
     try:
-      if isinstance(checkpoint, int):
-        step, steps = checkpoint, manager.all_steps()
-        if step not in steps:
-          raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint of step {step} (there are "
-                                  f"{sorted(steps)})")
-      else:
-        step = manager.best_step() if checkpoint == "best" else manager.latest_step()
-      if step is None:
-        raise FileNotFoundError(f"{workdir}/checkpoints: no {checkpoint} checkpoint (has the run "
-                                f"evaluated at least once?)")
+      step = manager.resolve(checkpoint)
       variables = manager.restore_variables(step, shardings)
     finally:
       manager.close()
     if mesh is None:
       variables = jax.tree.map(np.asarray, jax.device_get(variables))
     model = model_from_kwargs(card["model"], **overrides)
-    what = checkpoint if isinstance(checkpoint, str) else "step"
-    return model, variables, card.get("class_names") or None, f"{workdir} step {step} ({what})"
-  path = Path(checkpoint).expanduser()
+    return model, variables, card.get("class_names") or None, f"{workdir} step {step} ({checkpoint})"
+  if not path.exists():
+    raise checkpointing.CheckpointNotFoundError(
+        f"--checkpoint={checkpoint}: no such file or folder (expected best, latest, a step number of "
+        f"--workdir's run, a model directory or an official .pth)")
   if path.suffix == ".pth":
     model, variables = official.load_checkpoint(path)
     model = model.clone(**overrides)
@@ -181,4 +180,6 @@ def evaluate_model(config, workdir, model, variables, source: str, out_name: str
 def _slug(checkpoint: str) -> str:
   if checkpoint in ("best", "latest"):
     return checkpoint
+  if checkpoint.isdigit():
+    return f"step_{checkpoint}"
   return Path(checkpoint).name.replace(".", "_") or "model"

@@ -1,9 +1,10 @@
 """Run a model on new clips: frame folders or video files -> top-k labels with probabilities.
 
-Each input is sampled as the test loader samples (16 segment middles, the last frame repeated for
-short clips; ``--config.eval_num_clips`` > 1 averages several temporal offsets), resized as the
-test transform resizes, and batched, so a folder of 1,000 clips runs at the model's throughput
-(inputs are read by a thread pool while the accelerator works). One JSON line per input:
+Each input is read by evaluation's own functions (``pipeline.test_clip``: the same JPEG decoder,
+the test sampler's 16 segment middles with the last frame repeated for short clips,
+``--config.eval_num_clips`` > 1 averaging several temporal offsets, the same resize), so a clip's
+probabilities here equal those of ``--mode=evaluate``. Inputs are batched, so a folder of 1,000
+clips runs at the model's throughput (inputs are read by a thread pool while the accelerator works). One JSON line per input:
 ``{"input", "label", "probs": {class: p}, "top_k": [[class, p], ...]}``; an unreadable input gives
 ``{"input", "error"}`` and the others go on. Video files (mp4, avi, mov, mkv, webm) are decoded
 with PyAV, an optional extra (``pip install av``). With ``faces`` (``dferclip_jax.faces``) the
@@ -39,20 +40,6 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
   return out
 
 
-def _decode_frames(paths: Sequence[str]) -> np.ndarray:
-  import tensorflow as tf
-  frames = []
-  for p in paths:
-    try:
-      image = tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False).numpy()
-    except tf.errors.OpError as e:
-      raise InputError(f"{p}: not a readable image ({e.message.splitlines()[0]})") from None
-    if frames and image.shape != frames[0].shape:  # resize to the first frame's size, as training does
-      image = tf.cast(tf.round(tf.image.resize(image, frames[0].shape[:2])), tf.uint8).numpy()
-    frames.append(image)
-  return np.stack(frames)
-
-
 def _video_frames(path: str) -> np.ndarray:
   try:
     import av
@@ -69,34 +56,55 @@ def _video_frames(path: str) -> np.ndarray:
 
 
 def load_clip(path: str, image_size: int, num_frames: int, num_clips: int = 1, faces=None):
-  """-> uint8 [T, S, S, 3] (or [K, T, S, S, 3]) sampled and resized as the test pipeline does.
+  """-> uint8 [T, S, S, 3] (or [K, T, S, S, 3]): the clip exactly as evaluation reads it.
 
-  With ``faces`` (a ``FaceStep``) the sampled frames are face crops first, and the return value
-  is ``(clip, faces summary)``.
+  A frame folder goes through evaluation's own source, decoder (libjpeg's accurate DCT), test
+  sampler and resize (``pipeline.test_clip``); a video file's decoded frames go through the same
+  sampler and resize. With ``faces`` (a ``FaceStep``) the sampled frames are face crops before the
+  resize, and the return value is ``(clip, faces summary)``.
   """
-  from dferclip_jax.data import augment, frames as frames_lib, sampling
+  import tensorflow as tf
+  from dferclip_jax.data import frames as frames_lib, pipeline, sources
+  from dferclip_jax.data.records import ClipRecord
+  kwargs = dict(num_frames=num_frames, num_clips=num_clips, image_size=image_size)
+  summary = {}
+
+  def read(decode, count):
+    if faces is not None:
+      decode = _cropping_faces(decode, faces, path, image_size, summary)
+    clip = pipeline.test_clip(decode, count, **kwargs).numpy()
+    return clip if faces is None else (clip, summary)
+
   if os.path.isdir(path):
     names = frames_lib.list_frames(path)
     if not names:
       raise InputError(f"{path}: the folder holds no .jpg/.jpeg/.png frames")
-    indices = sampling.test_indices(len(names), num_segments=num_frames, num_clips=num_clips).numpy()
-    unique = sorted(set(indices.reshape(-1).tolist()))  # decode each sampled frame once
-    decoded = dict(zip(unique, _decode_frames([os.path.join(path, names[i]) for i in unique])))
-    video = np.stack([np.stack([decoded[i] for i in row]) for row in indices])
-  elif os.path.isfile(path):
+    source = sources.FolderSource([ClipRecord(os.path.abspath(path), len(names), 0, source=path)])
+    count, _, handle = source.fetch(0)
+    try:
+      return read(lambda i: sources.decode_frames(*source.frames(handle, i)), count)
+    except (tf.errors.OpError, ValueError):
+      try:
+        source.check_clip(0)  # names the frame at fault
+      except sources.ClipDataError as bad:
+        raise InputError(str(bad)) from None
+      raise
+  if os.path.isfile(path):
     if not path.lower().endswith(VIDEO_SUFFIXES):
       raise InputError(f"{path}: not a frame folder or a video file ({', '.join(VIDEO_SUFFIXES)})")
-    all_frames = _video_frames(path)
-    indices = sampling.test_indices(len(all_frames), num_segments=num_frames, num_clips=num_clips).numpy()
-    video = all_frames[indices]
-  else:
-    raise InputError(f"{path}: no such file or folder")
-  summary = None
-  if faces is not None:
-    video, summary = faces.crop_sampled(path, video, indices, image_size)
-  clips = [augment.quantize(augment.resize_clip_255(clip, image_size)).numpy() for clip in video]
-  clip = clips[0] if num_clips == 1 else np.stack(clips)
-  return clip if faces is None else (clip, summary)
+    all_frames = tf.constant(_video_frames(path))
+    return read(lambda i: tf.gather(all_frames, i), len(all_frames))
+  raise InputError(f"{path}: no such file or folder")
+
+
+def _cropping_faces(decode, faces, path: str, size: int, summary: dict):
+  """``decode`` followed by the face step on the decoded frames; fills ``summary``."""
+  def decode_faces(indices):
+    frames = decode(indices).numpy()[None]
+    crops, found = faces.crop_sampled(path, frames, indices.numpy()[None], size)
+    summary.update(found)
+    return crops[0]
+  return decode_faces
 
 
 def predict(model, variables, inputs: Sequence[str], class_names: Sequence[str], *, batch_size: int = 32,

@@ -145,3 +145,19 @@ def test_classes_file_beside_the_list_must_agree(data, tmp_path):
   class_orders.write_classes_file(tmp_path / "classes.txt", class_orders.DFERCLIP_7)
   records, _ = read_annotation_list(path, 7, root=data, class_names=class_orders.DFERCLIP_7)
   assert len(records) == 1
+
+
+def test_validation_hold_out_is_stratified_seeded_and_disjoint():
+  from dferclip_jax.data import holdout
+  from dferclip_jax.data.records import ClipRecord
+  counts = {0: 10, 1: 5, 2: 1, 3: 2}
+  records = [ClipRecord(f"/c{label}_{i}", 8, label) for label, n in counts.items() for i in range(n)]
+  train, val = holdout.split_validation(records, 0.3, seed=1)
+  # round(0.3 * n), halves up, at least one training clip per class: 3, 2 (1.5), 0, 1 (0.6).
+  assert {c: sum(r.label == c for r in val) for c in counts} == {0: 3, 1: 2, 2: 0, 3: 1}
+  assert not set(train) & set(val) and len(train) + len(val) == len(records)
+  assert [r for r in records if r in set(val)] == val  # list order kept
+  assert holdout.split_validation(records, 0.3, seed=1)[1] == val
+  assert any(holdout.split_validation(records, 0.3, seed=s)[1] != val for s in (2, 3, 4))
+  with pytest.raises(ValueError, match="holds out no clip"):
+    holdout.split_validation(records[:1], 0.3, seed=1)

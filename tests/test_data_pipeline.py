@@ -182,3 +182,63 @@ def test_datasets_are_plain_tf_data(dataset):
                               num_frames=4, seed=1)
   assert isinstance(ds, tf.data.Dataset)
   assert ds.element_spec["video"].shape.as_list() == [3, 4, SIZE, SIZE, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# on_bad_clip="skip" at read time: a clip whose frames do not decode.
+# ---------------------------------------------------------------------------------------------
+
+
+def _truncate_frames(folder):
+  """Every frame of the clip cut to half its bytes: a truncated JPEG that libjpeg refuses."""
+  for frame in sorted(pathlib.Path(folder).iterdir()):
+    data = frame.read_bytes()
+    frame.write_bytes(data[:len(data) // 2])
+
+
+@pytest.fixture
+def one_broken_clip(tmp_path):
+  made = synthetic.make_synthetic_dataset(tmp_path / "syn", num_classes=3, clips_per_class=4,
+                                          frames_range=(3, 6), image_size=16)
+  train, _ = read_annotation_list(made.train_list, 3, root=made.root)
+  test, _ = read_annotation_list(made.test_list, 3, root=made.root)
+  _truncate_frames(train[2].path)
+  _truncate_frames(test[1].path)
+  return FolderSource(train), FolderSource(test)
+
+
+def test_unreadable_clip_stops_the_run_in_error_mode(one_broken_clip):
+  train, test = one_broken_clip
+  record = train.records[2]
+  with pytest.raises(ClipDataError, match=rf"{record.source}:{record.line} \({record.path}\): "
+                                          rf"{record.path}/\d+\.jpg: cannot decode the image"):
+    _take(_train(train), 6)
+  with pytest.raises(ClipDataError, match=rf"{test.records[1].path}/\d+\.jpg: cannot decode"):
+    list(pipeline.eval_batches(test, batch_size=2, image_size=SIZE, num_frames=4))
+
+
+def test_unreadable_clip_is_skipped_and_resume_stays_exact(one_broken_clip):
+  train, _ = one_broken_clip
+  bad = {}
+  batches = _take(_train(train, bad=bad), 6)  # 18 positions: every clip drawn twice
+  assert list(bad) == [2] and train.records[2].path in bad[2] and "cannot decode" in bad[2]
+  # The broken clip's positions read the next clip in list order (clip 3): its label is there.
+  for step, batch in enumerate(batches):
+    drawn = pipeline.example_at(pipeline.host_positions(step, 3), len(train), 7).numpy()
+    expected = [train.records[3 if e == 2 else e].label for e in drawn]
+    np.testing.assert_array_equal(batch["label"], expected)
+  # A run resumed at step 3 with the skipped clips it checkpointed reads the same batches.
+  _assert_same(_take(_train(train, start_step=3, bad=dict(bad)), 3), batches[3:])
+  _assert_same(_take(_train(train, bad={}), 6), batches)  # and a new run again finds the same
+
+
+def test_unreadable_or_missing_eval_frames_are_masked_out(one_broken_clip):
+  _, test = one_broken_clip
+  missing = sorted(pathlib.Path(test.records[0].path).iterdir())[0]  # the test sampler reads frame 0
+  missing.unlink()  # deleted after the list was read
+  bad = {}
+  batches = list(pipeline.eval_batches(test, batch_size=2, image_size=SIZE, num_frames=4, bad=bad))
+  assert sorted(bad) == [0, 1] and f"{missing}: cannot read" in bad[0] and "cannot decode" in bad[1]
+  index = np.concatenate([b["index"] for b in batches])
+  mask = np.concatenate([b["mask"] for b in batches])
+  assert sorted(index[mask].tolist()) == [i for i in range(len(test)) if i not in (0, 1)]

@@ -16,13 +16,20 @@ Evaluation walks the clips in source order: global batch ``s`` holds positions `
 
 Decoding and augmentation run in a parallel, order-preserving ``map``; batches are prefetched.
 A read or decode failure stops iteration with ``ClipDataError`` naming the list line (or TFDS
-record) and the frame file.
+record) and the frame file. Given a ``bad`` dict (``on_bad_clip='skip'``), the clip at fault is
+recorded there with the reason and the stream goes on from the same batch: in training each
+skipped clip's positions take the next clip (in source order) that is not skipped, in evaluation
+it is masked out. The stream stays a pure function of (seed, position, skipped clips), so a run
+that resumes with the skipped clips it had checkpointed sees exactly the batches of a run that
+was never stopped.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, MutableMapping, Sequence
+
+from absl import logging
 
 import numpy as np
 import tensorflow as tf
@@ -131,6 +138,23 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1)
   return math.ceil(num_examples / (batch_size * process_count))
 
 
+def substitutes(num_examples: int, skipped: Collection[int]) -> np.ndarray:
+  """Example -> the example read in its place: itself, or for a skipped clip the next clip in
+  source order (wrapping around) that is not skipped."""
+  table = np.arange(num_examples, dtype=np.int64)
+  skipped = set(int(e) for e in skipped)
+  if not skipped:
+    return table
+  if len(skipped) >= num_examples:
+    raise ClipDataError(f"every one of the {num_examples} clips was skipped as unreadable")
+  for e in sorted(skipped):
+    k = (e + 1) % num_examples
+    while k in skipped:
+      k = (k + 1) % num_examples
+    table[e] = k
+  return table
+
+
 # ---------------------------------------------------------------------------------------------
 # Datasets.
 # ---------------------------------------------------------------------------------------------
@@ -139,8 +163,9 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1)
 def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_size: int,
                   num_frames: int = 16, seed: int, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1, prefetch: int = 2,
-                  short_clips: str = "edge") -> tf.data.Dataset:
-  """The training stream from ``start_step`` on, as a tf.data.Dataset (see ``train_batches``)."""
+                  short_clips: str = "edge", skipped: Collection[int] = ()) -> tf.data.Dataset:
+  """The training stream from ``start_step`` on, as a tf.data.Dataset (see ``train_batches``);
+  ``skipped`` clips are replaced as ``substitutes`` says."""
   source = as_source(source)
   _check_common(batch_size, image_size, num_frames, process_index, process_count)
   if augmentation not in AUGMENTATIONS:
@@ -148,12 +173,13 @@ def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_s
   if start_step < 0:
     raise ValueError(f"start_step={start_step}: must be >= 0")
   n = len(source)
+  replacement = tf.constant(substitutes(n, skipped))
 
   def position(q):
     return _global_position(q, batch_size, process_index, process_count)
 
   def load(p):
-    example = example_at(p, n, seed)
+    example = tf.gather(replacement, example_at(p, n, seed))
     key = clip_seed(p, seed)
     count, label, handle = source.fetch(example)
     sampling_seed = tf.random.experimental.stateless_fold_in(key, _SAMPLING)
@@ -173,8 +199,10 @@ def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_s
 
 def eval_dataset(source: Source, *, batch_size: int, image_size: int, num_frames: int = 16,
                  process_index: int = 0, process_count: int = 1, num_clips: int = 1,
-                 prefetch: int = 2, short_clips: str = "edge") -> tf.data.Dataset:
-  """One evaluation pass over the source as a tf.data.Dataset (see ``eval_batches``)."""
+                 prefetch: int = 2, short_clips: str = "edge", skipped: Collection[int] = (),
+                 start_batch: int = 0) -> tf.data.Dataset:
+  """One evaluation pass over the source as a tf.data.Dataset (see ``eval_batches``), from batch
+  ``start_batch`` on; ``skipped`` clips are not read and count as padding."""
   source = as_source(source)
   _check_common(batch_size, image_size, num_frames, process_index, process_count)
   if num_clips < 1:
@@ -182,18 +210,20 @@ def eval_dataset(source: Source, *, batch_size: int, image_size: int, num_frames
   n = len(source)
   steps = num_eval_batches(n, batch_size, process_count)
   shape = ([num_clips] if num_clips > 1 else []) + [num_frames, image_size, image_size, 3]
+  usable = np.ones(n, bool)
+  usable[sorted(int(e) for e in skipped)] = False
+  usable = tf.constant(usable)
 
   def load(q):
     p = _global_position(q, batch_size, process_index, process_count)
-    valid = p < n
+    valid = tf.logical_and(p < n, tf.gather(usable, tf.minimum(p, n - 1)))
 
     def clip():
       count, label, handle = source.fetch(p)
-      indices = sampling.test_indices(count, num_segments=num_frames, num_clips=num_clips,
-                                      short_clips=short_clips)
-      frames = sources_lib.decode_frames(*source.frames(handle, tf.reshape(indices, [-1])))
-      video = augment.resize_clip_uint8(frames, image_size)
-      return tf.reshape(video, shape), label
+      video = test_clip(lambda indices: sources_lib.decode_frames(*source.frames(handle, indices)),
+                        count, num_frames=num_frames, num_clips=num_clips, image_size=image_size,
+                        short_clips=short_clips)
+      return video, label
 
     def padding():
       return tf.zeros(shape, tf.uint8), tf.constant(0, tf.int32)
@@ -202,11 +232,23 @@ def eval_dataset(source: Source, *, batch_size: int, image_size: int, num_frames
     return {"video": tf.ensure_shape(video, shape), "label": label, "mask": valid,
             "index": tf.where(valid, tf.cast(p, tf.int32), -1)}
 
-  ds = tf.data.Dataset.range(steps * batch_size)
+  ds = tf.data.Dataset.range(start_batch * batch_size, steps * batch_size)
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
   return ds.prefetch(prefetch).with_options(_options())
+
+
+def test_clip(decode, count, *, num_frames: int, num_clips: int, image_size: int,
+              short_clips: str = "edge") -> tf.Tensor:
+  """A clip as evaluation sees it: the test sampler's frames, decoded by ``decode(indices) -> uint8
+  [len(indices), H, W, 3]``, resized to ``image_size``. -> uint8 ``[T, S, S, 3]`` (``[K, T, S, S,
+  3]`` for ``num_clips = K > 1``). Evaluation and ``predict`` both read clips through it."""
+  indices = sampling.test_indices(count, num_segments=num_frames, num_clips=num_clips,
+                                  short_clips=short_clips)
+  video = augment.resize_clip_uint8(decode(tf.reshape(indices, [-1])), image_size)
+  shape = ([num_clips] if num_clips > 1 else []) + [num_frames, image_size, image_size, 3]
+  return tf.reshape(video, shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,58 +258,73 @@ def eval_dataset(source: Source, *, batch_size: int, image_size: int, num_frames
 
 def train_batches(source: Source, *, augmentation: str, batch_size: int, image_size: int,
                   num_frames: int = 16, seed: int, start_step: int = 0, process_index: int = 0,
-                  process_count: int = 1, short_clips: str = "edge") -> Iterator[dict[str, np.ndarray]]:
+                  process_count: int = 1, short_clips: str = "edge",
+                  bad: MutableMapping[int, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Infinite iterator of this host's training batches from ``start_step`` on.
 
   Each batch: ``{"video": uint8 [batch_size, num_frames, image_size, image_size, 3],
   "label": int32 [batch_size]}``; ``batch_size`` is per host. Deterministic for a seed; batch
   ``k`` is the same whether the run started at 0 or at ``start_step <= k``. ``short_clips``:
   how clips with fewer frames than ``num_frames`` are filled (``sampling.SHORT_CLIPS``).
+
+  ``bad``: None stops at an unreadable clip; a dict (example -> reason) skips it, records it there
+  and goes on (clips already in it are skipped from the start).
   """
   source = as_source(source)
-  ds = train_dataset(source, augmentation=augmentation, batch_size=batch_size,
-                     image_size=image_size, num_frames=num_frames, seed=seed,
-                     start_step=start_step, process_index=process_index,
-                     process_count=process_count, short_clips=short_clips)
   n = len(source)
+
+  def dataset(step):
+    return train_dataset(source, augmentation=augmentation, batch_size=batch_size,
+                         image_size=image_size, num_frames=num_frames, seed=seed, start_step=step,
+                         process_index=process_index, process_count=process_count,
+                         short_clips=short_clips, skipped=bad or ())
 
   def examples(step):
     positions = host_positions(step, batch_size, process_index, process_count)
-    return [int(e) for e in example_at(positions, n, seed).numpy()]
+    return [int(e) for e in substitutes(n, bad or ())[example_at(positions, n, seed).numpy()]]
 
-  return _explained(ds, source, examples, start_step, "training")
+  return _explained(dataset, source, examples, start_step, "training", bad)
 
 
 def eval_batches(source: Source, *, batch_size: int, image_size: int, num_frames: int = 16,
                  process_index: int = 0, process_count: int = 1, num_clips: int = 1,
-                 short_clips: str = "edge") -> Iterator[dict[str, np.ndarray]]:
+                 short_clips: str = "edge",
+                 bad: MutableMapping[int, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
   """One pass of this host's evaluation batches: ``num_eval_batches(len(source), batch_size,
   process_count)`` of them, the last padded.
 
   Each batch: ``{"video": uint8 [b, T, H, W, 3]`` (``[b, num_clips, T, H, W, 3]`` when
   ``num_clips > 1``), ``"label": int32 [b], "mask": bool [b]`` (False for padding),
-  ``"index": int32 [b]}`` (position in the source, -1 for padding).
+  ``"index": int32 [b]}`` (position in the source, -1 for padding and skipped clips).
+
+  ``bad``: as in ``train_batches``; a skipped clip is masked out (``mask`` False).
   """
   source = as_source(source)
-  ds = eval_dataset(source, batch_size=batch_size, image_size=image_size, num_frames=num_frames,
-                    process_index=process_index, process_count=process_count, num_clips=num_clips,
-                    short_clips=short_clips)
   n = len(source)
+
+  def dataset(step):
+    return eval_dataset(source, batch_size=batch_size, image_size=image_size,
+                        num_frames=num_frames, process_index=process_index,
+                        process_count=process_count, num_clips=num_clips,
+                        short_clips=short_clips, skipped=bad or (), start_batch=step)
 
   def examples(step):
     positions = host_positions(step, batch_size, process_index, process_count).numpy()
-    return [int(p) for p in positions if p < n]
+    return [int(p) for p in positions if p < n and int(p) not in (bad or {})]
 
-  return _explained(ds, source, examples, 0, "evaluation")
+  return _explained(dataset, source, examples, 0, "evaluation", bad)
 
 
-def _explained(ds: tf.data.Dataset, source, examples, first_step: int, what: str):
-  """Yields numpy batches; turns a failed read into an error that names the broken file.
+def _explained(dataset, source, examples, first_step: int, what: str,
+               bad: MutableMapping[int, str] | None = None):
+  """Yields numpy batches of ``dataset(step)`` (the stream from ``step`` on); turns a failed read
+  into an error that names the broken file, or, given ``bad``, records the broken clips there and
+  goes on from the same batch without them.
 
   tf.data keeps the order of elements and of their errors, so a failure belongs to the batch
   being requested; its clips are known from the step alone and are checked one by one.
   """
-  iterator = ds.as_numpy_iterator()
+  iterator = dataset(first_step).as_numpy_iterator()
   step = first_step
   while True:
     try:
@@ -276,14 +333,24 @@ def _explained(ds: tf.data.Dataset, source, examples, first_step: int, what: str
       return
     except tf.errors.OpError as err:
       clips = examples(step)
+      found = {}
       for example in dict.fromkeys(clips):
         try:
           source.check_clip(example)
-        except ClipDataError as bad:
-          raise ClipDataError(f"{bad} (while reading {what} batch {step})") from err
-      listed = "; ".join(source.describe(e) for e in clips[:4])
-      raise ClipDataError(f"reading {what} batch {step} failed: {err.message.strip()} "
-                          f"(clips {listed}{', ...' if len(clips) > 4 else ''})") from err
+        except ClipDataError as broken:
+          if bad is None:
+            raise ClipDataError(f"{broken} (while reading {what} batch {step})") from err
+          found[example] = str(broken)
+      if not found or all(e in bad for e in found):  # nothing new to skip: going on would loop
+        listed = "; ".join(source.describe(e) for e in clips[:4])
+        raise ClipDataError(f"reading {what} batch {step} failed: {err.message.strip()} "
+                            f"(clips {listed}{', ...' if len(clips) > 4 else ''})") from err
+      for example, reason in found.items():
+        logging.warning("skipping an unreadable %s clip (config.data.on_bad_clip='skip'): %s", what,
+                        reason)
+        bad[example] = reason
+      iterator = dataset(step).as_numpy_iterator()  # the same batch again, without those clips
+      continue
     yield batch
     step += 1
 

@@ -16,6 +16,21 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 
+class CheckpointNotFoundError(FileNotFoundError):
+  """A ``--checkpoint`` reference that names nothing on disk; the message lists what exists."""
+
+
+def selection_key(value: float, step: int) -> tuple[float, int]:
+  """The one rule that ranks evaluations for "best": the higher metric wins, and among equal
+  metrics the earliest step. The trainer records its best with it and Orbax keeps the best
+  checkpoint with it, so the step results.json calls best is the step kept on disk."""
+  return (float(value), -int(step))
+
+
+def is_better(value: float, step: int, best: dict | None) -> bool:
+  return best is None or selection_key(value, step) > selection_key(best["value"], best["step"])
+
+
 class Checkpointer:
 
   def __init__(self, directory: str | Path, best_metric: str, asynchronous: bool = True):
@@ -24,8 +39,8 @@ class Checkpointer:
     keep = policies.AnyPreservationPolicy([
         policies.LatestN(n=1),
         # Only saves made at an evaluation carry metrics; the others are for resuming.
-        policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
-                       keep_checkpoints_without_metrics=False),
+        policies.BestN(get_metric_fn=lambda m: selection_key(m[best_metric], m.get("step", 0)),
+                       reverse=False, n=1, keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=keep,
                                            enable_async_checkpointing=asynchronous, create=True)
@@ -43,7 +58,8 @@ class Checkpointer:
     if step in self.manager.all_steps():
       return
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta)))
-    self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None, force=force)
+    metrics = {**metrics, "step": int(step)} if metrics else None  # "step" breaks ties: selection_key
+    self.manager.save(step, args=args, metrics=metrics, force=force)
 
   def restore(self, step: int, abstract_state):
     """-> (state laid out as ``abstract_state``'s shardings, meta dict)."""
@@ -62,6 +78,27 @@ class Checkpointer:
       return None
     best = self.restore_meta(latest).get("best")
     return None if best is None else int(best["step"])
+
+  def resolve(self, reference: str) -> int:
+    """``best`` | ``latest`` | a step number -> a step that is on disk, or a
+    ``CheckpointNotFoundError`` that says what exists."""
+    steps = self.all_steps()
+    if reference == "latest":
+      step = self.latest_step()
+    elif reference == "best":
+      step = self.best_step()
+      if step is None and steps:
+        raise CheckpointNotFoundError(
+            f"{self.directory}: no best checkpoint yet (the run has not evaluated); checkpoints on "
+            f"disk: steps {steps} (use --checkpoint=latest or a step number)")
+    else:
+      step = int(reference)
+    if step is None or step not in steps:
+      what = f"step {step}" if step is not None else f"a {reference} checkpoint"
+      have = f"steps {steps}" if steps else "no checkpoints"
+      raise CheckpointNotFoundError(f"{self.directory}: holds no {what} (it has {have}; "
+                                    f"--checkpoint takes best, latest or one of those steps)")
+    return step
 
   def restore_variables(self, step: int, shardings=None) -> dict:
     """Only the model's variables of a step (no optimizer state): ``{"params", "prompts"}``.

@@ -42,7 +42,7 @@ def check_config(config) -> None:
   _require(d.augmentation in AUGMENTATIONS,
            f"config.data.augmentation={d.augmentation!r}: expected one of {AUGMENTATIONS}")
   _require(d.num_frames >= 1, f"config.data.num_frames={d.num_frames}: must be at least 1")
-  if d.source == "lists" and config.dataset != "synthetic":
+  if d.source == "lists" and (config.dataset != "synthetic" or synthetic_uses_lists(config)):
     for field in ("train_list", "test_list"):
       value = d[field]
       _require(bool(value), f"config.data.{field} is empty: give the annotation list file")
@@ -53,6 +53,12 @@ def check_config(config) -> None:
       _require(Path(d.root).expanduser().is_dir(), f"config.data.root={d.root!r}: no such directory")
   if d.source == "tfds":
     _require(bool(d.tfds_name), "config.data.tfds_name is unset, but config.data.source='tfds'")
+  _require(0.0 <= d.val_fraction < 1.0,
+           f"config.data.val_fraction={d.val_fraction}: expected a fraction in [0, 1) (0 = no validation "
+           f"set: best is chosen on the test set, as the official code does)")
+  _require(d.val_fraction == 0 or d.source == "lists",
+           "config.data.val_fraction > 0 holds clips out of an annotation list: it needs "
+           "config.data.source='lists'")
 
   m = config.model
   _require(m.class_token_position in POSITIONS,
@@ -82,3 +88,23 @@ def check_config(config) -> None:
            "config.optim.momentum and config.optim.weight_decay must be non-negative")
   _require(set(o.lr.keys()) >= set(o.groups.keys()),
            f"config.optim.lr lacks a learning rate for groups {sorted(set(o.groups) - set(o.lr))}")
+
+
+def check_list_overrides(config, overridden) -> None:
+  """Lists given on the command line are never silently ignored: with a TFDS source they would be."""
+  lists = sorted(k for k in overridden if k in ("data.train_list", "data.test_list"))
+  _require(not lists or config.data.source == "lists",
+           f"--config.{lists[0] if lists else ''} is set but config.data.source="
+           f"{config.data.source!r} reads TFDS splits, not lists: drop the list or set "
+           f"--config.data.source=lists")
+
+
+def synthetic_uses_lists(config) -> bool:
+  """Explicit lists win over the generated synthetic data; one list alone is ambiguous."""
+  given = [field for field in ("train_list", "test_list") if config.data[field]]
+  if len(given) == 1:
+    missing = "test_list" if given == ["train_list"] else "train_list"
+    raise ConfigError(f"config.data.{given[0]} is set on the synthetic config but config.data.{missing} "
+                      f"is not: give both lists to train on your data, or neither for the generated "
+                      f"synthetic dataset")
+  return bool(given)

@@ -1,5 +1,15 @@
 """The data a config describes: the synthetic dataset (generated on first use), annotation lists of
-frame folders, or TFDS splits — all fed through the same tf.data pipeline."""
+frame folders, or TFDS splits — all fed through the same tf.data pipeline.
+
+Explicit lists win: ``config.data.train_list``/``test_list``, when set, are the data on every
+config, the synthetic demo included (which then generates nothing); setting only one of them on
+the synthetic config is refused. ``config.data.val_fraction > 0`` holds a stratified part of the
+training list out for model selection (``data.holdout``).
+
+With ``config.data.on_bad_clip='skip'``, clips whose frames cannot be read or decoded are skipped
+when the pipeline meets them (``pipeline``); ``read_skipped`` keeps them per split with the reason,
+and the training ones travel in the checkpoint so that a resumed run skips what the original did.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +20,9 @@ from typing import Any
 import jax
 from absl import logging
 
-from dferclip_jax.data import annotations, pipeline
+from dferclip_jax.data import annotations, holdout, pipeline
+from dferclip_jax.train import config_checks
+from dferclip_jax.train.config_checks import ConfigError
 
 
 @dataclasses.dataclass
@@ -23,20 +35,39 @@ class DataBundle:
   num_frames: int
   seed: int
   skipped: list = dataclasses.field(default_factory=list)
+  val_source: Any = None
+  on_bad_clip: str = "error"
+  # split -> {example index: why it was skipped}, filled by the pipeline in "skip" mode.
+  read_skipped: dict = dataclasses.field(default_factory=lambda: {"train": {}, "test": {}, "val": {}})
+
+  @property
+  def num_val(self) -> int:
+    return 0 if self.val_source is None else len(self.val_source)
+
+  def _bad(self, split: str):
+    return self.read_skipped[split] if self.on_bad_clip == "skip" else None
 
   def train_batches(self, local_batch: int, image_size: int, start_step: int):
     return pipeline.train_batches(
         self.train_source, augmentation=self.augmentation, batch_size=local_batch,
         image_size=image_size, num_frames=self.num_frames, seed=self.seed, start_step=start_step,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(), bad=self._bad("train"))
 
-  def eval_batches(self, local_batch: int, image_size: int, num_clips: int = 1):
+  def eval_batches(self, local_batch: int, image_size: int, num_clips: int = 1, split: str = "test"):
     return pipeline.eval_batches(
-        self.test_source, batch_size=local_batch, image_size=image_size, num_frames=self.num_frames,
-        process_index=jax.process_index(), process_count=jax.process_count(), num_clips=num_clips)
+        self.val_source if split == "val" else self.test_source, batch_size=local_batch,
+        image_size=image_size, num_frames=self.num_frames, process_index=jax.process_index(),
+        process_count=jax.process_count(), num_clips=num_clips, bad=self._bad(split))
 
   def skipped_report(self) -> list[str]:
-    return [str(s) for s in self.skipped]
+    found = [f"{reason} [{split} clip skipped when read]"
+             for split, bad in self.read_skipped.items() for _, reason in sorted(bad.items())]
+    return [str(s) for s in self.skipped] + found
+
+  def restore_read_skipped(self, saved: dict | None) -> None:
+    """The training clips a checkpointed run had skipped (its meta's ``read_skipped``)."""
+    for example, reason in (saved or {}).items():
+      self.read_skipped["train"][int(example)] = reason
 
 
 def synthetic_lists(config, workdir: Path) -> tuple[str, str, str]:
@@ -71,16 +102,46 @@ def open_data(config, workdir: str | Path, train: bool = True) -> DataBundle:
     train, test = pipeline.tfds_sources(d.tfds_name, d.tfds_train_split if train else None,
                                         d.tfds_test_split, data_dir=d.tfds_data_dir,
                                         class_names=tuple(config.class_names))
-    skipped = []
+    skipped, val = [], None
   else:
-    if config.dataset == "synthetic":
-      train_list, test_list, root = synthetic_lists(config, Path(workdir))
-    else:
-      train_list, test_list, root = d.train_list, d.test_list, d.root
+    train_list, test_list, root = list_files(config, Path(workdir))
     train, skipped_train = read_list(config, train_list, root) if train else ([], [])
     test, skipped_test = read_list(config, test_list, root)
     skipped = skipped_train + skipped_test
     if skipped:
       logging.warning("%d clip(s) skipped (config.data.on_bad_clip='skip'); listed in results.json",
                       len(skipped))
-  return DataBundle(train, test, len(train), len(test), d.augmentation, d.num_frames, config.seed, skipped)
+    val = None
+    if train and d.val_fraction > 0:
+      train, val = holdout.split_validation(train, d.val_fraction, config.seed)
+      logging.info("validation: %d clips of %s held out (config.data.val_fraction=%g); best is "
+                   "chosen on them", len(val), train_list, d.val_fraction)
+  logging.info("data: %d training, %d validation, %d test clips", len(train), len(val or []), len(test))
+  return DataBundle(train, test, len(train), len(test), d.augmentation, d.num_frames, config.seed,
+                    skipped, val_source=val, on_bad_clip=d.on_bad_clip)
+
+
+def list_files(config, workdir: Path) -> tuple[str, str, str | None]:
+  """-> (train list, test list, root). Lists the user set win, on the synthetic config too."""
+  d = config.data
+  if config.dataset != "synthetic":
+    return d.train_list, d.test_list, d.root
+  if config_checks.synthetic_uses_lists(config):
+    logging.info("dataset 'synthetic' with explicit lists: training on %s, testing on %s "
+                 "(no synthetic data generated)", d.train_list, d.test_list)
+    return d.train_list, d.test_list, d.root
+  return synthetic_lists(config, workdir)
+
+
+def verify_data(config, workdir: str | Path) -> list[str]:
+  """``--mode=verify``: decodes every frame of the config's lists once and writes the clips that
+  fail to ``workdir/bad_clips.txt``; -> those lines."""
+  from dferclip_jax.data import verify
+  if config.data.source != "lists":
+    raise ConfigError(f"--mode=verify checks frame folders: config.data.source={config.data.source!r} "
+                      f"is not 'lists'")
+  train_list, test_list, root = list_files(config, Path(workdir))
+  sources = [(path, pipeline.as_source(read_list(config, path, root)[0])) for path in (train_list, test_list)]
+  bad = verify.verify_sources(sources, Path(workdir) / verify.BAD_CLIPS_FILE)
+  logging.info("%d unreadable clip(s) listed in %s", len(bad), Path(workdir) / verify.BAD_CLIPS_FILE)
+  return bad

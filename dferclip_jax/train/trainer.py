@@ -91,8 +91,12 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
   steps_per_epoch, total_steps = training_length(data.num_train, config.batch_size, config.num_epochs,
                                                   config.max_steps, "config.batch_size")
   eval_every = max(1, config.eval_every_epochs) * steps_per_epoch
-  logging.info("%d training clips, %d test clips; %d steps per epoch, %d steps", data.num_train,
-               data.num_test, steps_per_epoch, total_steps)
+  logging.info("%d training clips, %d validation clips, %d test clips; %d steps per epoch, %d steps",
+               data.num_train, data.num_val, data.num_test, steps_per_epoch, total_steps)
+  if config.data.val_fraction > 0 and data.val_source is None:
+    raise config_checks.ConfigError("config.data.val_fraction > 0, but this job supplies its own data "
+                                    "without a validation set: set it to 0")
+  selection = "val" if data.val_source is not None else "eval"  # where "best" is chosen
 
   # ---------------------------------------------------------------------- model
   if config.init_checkpoint:  # a trained model's architecture and weights (fine-tuning)
@@ -118,6 +122,7 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
       extras=lambda: {"rng": jax.random.PRNGKey(config.seed)})
   if meta is not None:
     _check_resume(meta, config, start_step)
+    data.restore_read_skipped(meta.get("read_skipped"))
     logging.info("resumed from step %d (epoch %.2f)", start_step, start_step / steps_per_epoch)
   else:
     meta = {"best": None}
@@ -135,20 +140,30 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
 
   writer = reporting.MetricWriter(workdir, resume_step=start_step)
   best = meta.get("best")
+  test_selected = meta.get("test_selected", best)
+  metric_name = config.best_metric.split("/", 1)[1]  # uar | war
 
-  def run_eval(step: int) -> dict:
+  def evaluate_split(step: int, split: str, prefix: str) -> dict:
     cm, loss = evaluation.evaluate_batches(
         eval_step, steps.variables_of(state),
-        data.eval_batches(local_eval_batch, image_size, config.eval_num_clips),
-        mesh, bundle.num_classes, config.progress_bars)
+        data.eval_batches(local_eval_batch, image_size, config.eval_num_clips, split=split),
+        mesh, bundle.num_classes, config.progress_bars, desc=prefix)
     report = metrics_lib.classification_report(cm, bundle.class_names)
-    scalars = {"eval/uar": report["uar"], "eval/war": report["war"], "eval/loss": loss}
-    scalars.update({f"eval/recall/{name}": r for name, r in report["recall"].items()})
-    writer.write(step, scalars, {"eval/confusion_matrix": report["confusion_matrix"],
+    scalars = {f"{prefix}/uar": report["uar"], f"{prefix}/war": report["war"], f"{prefix}/loss": loss}
+    scalars.update({f"{prefix}/recall/{name}": r for name, r in report["recall"].items()})
+    writer.write(step, scalars, {f"{prefix}/confusion_matrix": report["confusion_matrix"],
                                  "epoch": step / steps_per_epoch})
-    logging.info("step %d eval: UAR %.2f WAR %.2f loss %.4f", step, report["uar"], report["war"], loss)
-    _write_eval_files(workdir, report, bundle.class_names, step, suffix="")
+    logging.info("step %d %s: UAR %.2f WAR %.2f loss %.4f", step, prefix, report["uar"], report["war"],
+                 loss)
     return {**report, "loss": loss, "step": step}
+
+  def run_eval(step: int) -> dict:
+    """The test report, with the validation one under "val" when there is a validation set."""
+    report = evaluate_split(step, "test", "eval")
+    _write_eval_files(workdir, report, bundle.class_names, step, suffix="")
+    if selection == "val":
+      report["val"] = evaluate_split(step, "val", "val")
+    return report
 
   # ---------------------------------------------------------------------- training loop
   batches = data.train_batches(local_batch, image_size, start_step)
@@ -172,15 +187,17 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
         check_and_log(pending, writer, config.log_every)
         pending = None
         last_eval = run_eval(step)
-        value = last_eval[config.best_metric.split("/", 1)[1]]
-        if best is None or value > best["value"]:
-          best = {"metric": config.best_metric, "value": value, "step": step,
-                  "uar": last_eval["uar"], "war": last_eval["war"]}
+        value = (last_eval["val"] if selection == "val" else last_eval)[metric_name]
+        if checkpointing.is_better(value, step, best):
+          best = _selected(f"{selection}/{metric_name}", value, step, last_eval,
+                           "val" if selection == "val" else "test")
           _write_eval_files(workdir, last_eval, bundle.class_names, step, suffix="_best")
-        checkpointer.save(step, state, _meta(step, steps_per_epoch, best, config),
+        if checkpointing.is_better(last_eval[metric_name], step, test_selected):
+          test_selected = _selected(f"eval/{metric_name}", last_eval[metric_name], step, last_eval, "test")
+        checkpointer.save(step, state, _meta(step, steps_per_epoch, best, test_selected, data, config),
                           metrics={config.best_metric: value})
       elif step % config.checkpoint_every == 0:
-        checkpointer.save(step, state, _meta(step, steps_per_epoch, best, config))
+        checkpointer.save(step, state, _meta(step, steps_per_epoch, best, test_selected, data, config))
     if pending is not None:
       check_and_log(pending, writer, config.log_every)
   finally:
@@ -191,32 +208,45 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
 
   if last_eval is None:  # resumed after the final evaluation: report what the checkpoint holds
     last_eval = run_eval(step)
+  # "best" is what --checkpoint=best restores (chosen on the validation set when there is one);
+  # "test_selected" is the best on the test set, the official code's figure, named for what it is.
   summary = {"final": {k: last_eval[k] for k in ("uar", "war", "loss", "step", "recall")},
-             "best": best, "steps": step, "steps_per_epoch": steps_per_epoch,
-             "complete": step >= total_steps,
+             "best": best, "test_selected": test_selected, "steps": step,
+             "steps_per_epoch": steps_per_epoch, "complete": step >= total_steps,
+             "num_clips": {"train": data.num_train, "val": data.num_val, "test": data.num_test},
              "skipped_clips": data.skipped_report()}
   if jax.process_index() == 0:
     (workdir / "results.json").write_text(json.dumps(reporting._plain(summary), indent=2) + "\n")
   reporting.log_table("final evaluation", [("UAR", f"{last_eval['uar']:.2f}"),
                                            ("WAR", f"{last_eval['war']:.2f}"),
-                                           ("best " + config.best_metric, f"{best['value']:.2f} "
-                                            f"(step {best['step']})")])
+                                           ("best " + best["metric"], f"{best['value']:.2f} "
+                                            f"(step {best['step']}: test UAR {best['uar']:.2f})")])
   return summary
 
 
 # ------------------------------------------------------------------------ helpers
 
 
-def _meta(step, steps_per_epoch, best, config) -> dict:
-  return {"step": step, "epoch": step / steps_per_epoch, "best": best,
-          "data": {"next_step": step, "seed": config.seed, "batch_size": config.batch_size},
+def _selected(metric: str, value: float, step: int, report: dict, selected_on: str) -> dict:
+  """A selected evaluation: the selection metric's value and the test UAR/WAR at that step."""
+  return {"metric": metric, "value": value, "step": step, "uar": report["uar"], "war": report["war"],
+          "selected_on": selected_on}
+
+
+def _meta(step, steps_per_epoch, best, test_selected, data, config) -> dict:
+  return {"step": step, "epoch": step / steps_per_epoch, "best": best, "test_selected": test_selected,
+          "data": {"next_step": step, "seed": config.seed, "batch_size": config.batch_size,
+                   "val_fraction": config.data.val_fraction},
+          # Training clips skipped when read so far: a resumed run must skip them too.
+          "read_skipped": {str(k): v for k, v in data.read_skipped["train"].items()},
           "steps_per_epoch": steps_per_epoch}
 
 
 def _check_resume(meta: dict, config, step: int) -> None:
   """The data position must follow the same recipe, or the resumed run would see other batches."""
   data = meta.get("data", {})
-  for key, now in (("seed", config.seed), ("batch_size", config.batch_size)):
+  for key, now in (("seed", config.seed), ("batch_size", config.batch_size),
+                   ("val_fraction", config.data.val_fraction)):
     if key in data and data[key] != now:
       raise ValueError(f"the checkpoint at step {step} was made with {key}={data[key]}, but the "
                        f"config now says {now}: use a new --workdir for a different recipe")
