@@ -120,6 +120,10 @@ def _predict(config, workdir):
   from dferclip_jax.train import sharding
   if not _INPUTS.value:
     raise app.UsageError("--mode=predict needs --inputs")
+  import jax
+  if jax.process_count() > 1:  # every host would predict every input and write the same file
+    raise app.UsageError("--mode=predict runs in one process: drop --num_processes (and the "
+                         "other launch flags) or use --distributed=false")
   mesh = sharding.make_mesh(config.mesh, num_devices=config.num_devices)
   model, variables, names, source = evaluation.load_model_for_eval(
       _CHECKPOINT.value, workdir, mesh, config.shard_min_size, dtype=jnp.dtype(config.dtype))
