@@ -55,7 +55,7 @@ _INIT_TIMEOUT = flags.DEFINE_integer("initialization_timeout", 300,
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout", 60, "Seconds without heartbeats after which a process counts as dead and "
     "every other process exits non-zero (instead of hanging in a collective).")
-_SHUTDOWN_TIMEOUT = flags.DEFINE_integer("shutdown_timeout", 30, "Seconds the exit barrier waits "
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer("shutdown_timeout", 300, "Seconds the exit barrier waits "
                                          "for the other processes.")
 
 

@@ -37,7 +37,7 @@ class Launch:
   process_id: int | None = None
   initialization_timeout: int = 300    # s to wait for every process to connect
   heartbeat_timeout: int = 60          # s without heartbeats before a process counts as dead
-  shutdown_timeout: int = 30           # s the exit barrier waits for the other processes
+  shutdown_timeout: int = 300          # s the exit barrier waits for the other processes
 
 
 def check_launch(launch: Launch) -> bool:
