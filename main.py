@@ -49,17 +49,20 @@ _FACES = flags.DEFINE_bool(
 _FOLDS = flags.DEFINE_list("folds", [], "crossval: which folds (default: all of the dataset's).")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "true", "false"],
-    "Call jax.distributed.initialize(): 'auto' does when the environment shows several hosts "
-    "(JAX_COORDINATOR_ADDRESS, a multi-task SLURM job, or a multi-host TPU slice).")
-
-
-def _several_hosts() -> bool:
-  env = os.environ
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    return True
-  if int(env.get("SLURM_NTASKS", "1") or 1) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
-    return True
-  return "," in env.get("TPU_WORKER_HOSTNAMES", "")
+    "Call jax.distributed.initialize() by cluster auto-detection: 'auto' does when the environment "
+    "shows several hosts (JAX_COORDINATOR_ADDRESS, a multi-task SLURM job, or a multi-host TPU slice).")
+# Explicit multi-process launch (all three or none), e.g. N processes on one machine: README "Multi-host".
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's "
+                                   "coordination service (with --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes (hosts) the job has.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, --num_processes).")
+_INIT_TIMEOUT = flags.DEFINE_integer("initialization_timeout", 300,
+                                     "Seconds to wait for every process to join the job.")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 60, "Seconds without heartbeats after which a process counts as dead and "
+    "every other process exits non-zero (instead of hanging in a collective).")
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer("shutdown_timeout", 300, "Seconds the exit barrier waits "
+                                         "for the other processes.")
 
 
 def _quiet_library_logs() -> None:
@@ -77,9 +80,13 @@ def main(argv):
   _quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _DISTRIBUTED.value == "true" or (_DISTRIBUTED.value == "auto" and _several_hosts()):
-    import jax
-    jax.distributed.initialize()
+  from dferclip_jax import distributed
+  try:
+    distributed.initialize(distributed.Launch(
+        _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+        _INIT_TIMEOUT.value, _HEARTBEAT_TIMEOUT.value, _SHUTDOWN_TIMEOUT.value))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")  # TensorFlow feeds data; JAX owns the accelerators
 
@@ -112,10 +119,18 @@ def main(argv):
                           workdir, [int(f) for f in _FOLDS.value], trainer.train_and_evaluate)
   elif mode == "verify":
     from dferclip_jax.train import data_setup
+    _require_one_process("verify")  # every host would decode every frame and write the same file
     data_setup.verify_data(config, workdir)
   elif mode == "openset":
     from dferclip_jax.openset import experiment
     experiment.run_openset(config, workdir)
+
+
+def _require_one_process(mode: str) -> None:
+  import jax
+  if jax.process_count() > 1:
+    raise app.UsageError(f"--mode={mode} runs in one process: drop --num_processes (and the "
+                         "other launch flags) or use --distributed=false")
 
 
 def _predict(config, workdir):
@@ -124,6 +139,7 @@ def _predict(config, workdir):
   from dferclip_jax.train import sharding
   if not _INPUTS.value:
     raise app.UsageError("--mode=predict needs --inputs")
+  _require_one_process("predict")  # every host would predict every input and write the same file
   faces = None
   if _FACES.value:
     from dferclip_jax.faces import detector, extract

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from dferclip_jax import distributed
 from dferclip_jax.train import config_checks, reporting
 
 RESULTS_FILE = "crossval_results.json"
@@ -91,8 +92,9 @@ def run_crossval(config_file: str, overrides: Mapping[str, Any], workdir: str | 
                      **{which: {k: chosen[which][k] for k in ("uar", "war", "step")}
                         for which in SELECTIONS}})
   results = {"config": config_file, "folds": per_fold, "summary": summarize(per_fold)}
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / RESULTS_FILE).write_text(json.dumps(reporting._plain(results), indent=2) + "\n")
+  if distributed.is_writer():
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / RESULTS_FILE).write_text(json.dumps(reporting._plain(results), indent=2) + "\n")
   rows = [(f"fold {f['fold']}", f"best UAR {f['best']['uar']:.2f}  WAR {f['best']['war']:.2f}   "
                                 f"final UAR {f['final']['uar']:.2f}  WAR {f['final']['war']:.2f}")
           for f in per_fold]

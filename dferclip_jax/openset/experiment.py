@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dferclip_jax import class_texts as class_texts_lib
+from dferclip_jax import class_texts as class_texts_lib, distributed
 from dferclip_jax import evaluation, metrics
 from dferclip_jax.data import pipeline
 from dferclip_jax.openset import hesp_lists
@@ -156,8 +156,10 @@ def test_selected(workdir: Path) -> dict:
 def run_dferclip_msp(config, workdir: Path, data, mesh) -> dict:
   c = copy.deepcopy(config)
   texts_file = workdir / "known_class_texts.txt"
-  workdir.mkdir(parents=True, exist_ok=True)
-  texts_file.write_text("\n".join(known_texts(config, data.known_names)) + "\n")
+  if distributed.is_writer():
+    workdir.mkdir(parents=True, exist_ok=True)
+    texts_file.write_text("\n".join(known_texts(config, data.known_names)) + "\n")
+  distributed.barrier(f"{texts_file} written")  # whole before any host reads it
   with c.unlocked():
     c.class_names = tuple(data.known_names)
     c.model.class_texts_file = str(texts_file)
@@ -267,7 +269,7 @@ def run_openset(config, workdir: str | Path) -> dict:
       result = {"split": k, "known": list(known), "method": o.method,
                 **run[o.method](config, sub, data, mesh)}
       result.pop("select", None)
-      if jax.process_index() == 0:
+      if distributed.is_writer():
         sub.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(reporting._plain(result), indent=2) + "\n")
     if k not in logged:
@@ -277,7 +279,7 @@ def run_openset(config, workdir: str | Path) -> dict:
   writer.close()
   results = {"method": o.method, "dataset": o.hesp_dataset, "splits": per_split,
              "summary": summarize(per_split)}
-  if jax.process_index() == 0:
+  if distributed.is_writer():
     (workdir / RESULTS_FILE).write_text(json.dumps(reporting._plain(results), indent=2) + "\n")
   s = results["summary"]
   rows = [(f"split {r['split']:2d} {'+'.join(n[:4] for n in r['known'])}",

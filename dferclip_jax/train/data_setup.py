@@ -20,6 +20,7 @@ from typing import Any
 import jax
 from absl import logging
 
+from dferclip_jax import distributed
 from dferclip_jax.data import annotations, holdout, pipeline
 from dferclip_jax.train import config_checks
 from dferclip_jax.train.config_checks import ConfigError
@@ -79,6 +80,7 @@ def synthetic_lists(config, workdir: Path) -> tuple[str, str, str]:
     synthetic.make_synthetic_dataset(
         out, num_classes=len(config.class_names), clips_per_class=s.clips_per_class,
         frames_range=tuple(s.frames_range), image_size=s.image_size, seed=s.seed)
+  distributed.barrier(f"synthetic data in {out}")  # complete before any other host reads it
   return str(out / "train.txt"), str(out / "test.txt"), str(out)
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dferclip_jax import evaluation, metrics as metrics_lib
+from dferclip_jax import distributed, evaluation, metrics as metrics_lib
 from dferclip_jax import plots
 from dferclip_jax.train import checkpointing, config_checks, data_setup, model_setup, optimizer, reporting
 from dferclip_jax.train import init_checkpoint
@@ -215,8 +215,9 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
              "steps_per_epoch": steps_per_epoch, "complete": step >= total_steps,
              "num_clips": {"train": data.num_train, "val": data.num_val, "test": data.num_test},
              "skipped_clips": data.skipped_report()}
-  if jax.process_index() == 0:
+  if distributed.is_writer():
     (workdir / "results.json").write_text(json.dumps(reporting._plain(summary), indent=2) + "\n")
+  distributed.barrier(f"{workdir} finished")  # what follows (crossval, openset) may read its files
   reporting.log_table("final evaluation", [("UAR", f"{last_eval['uar']:.2f}"),
                                            ("WAR", f"{last_eval['war']:.2f}"),
                                            ("best " + best["metric"], f"{best['value']:.2f} "
