@@ -117,7 +117,7 @@ def test_open_set_inputs_are_checked():
   with pytest.raises(ValueError, match=r"oscr takes \[N, C\] scores .* got \(2,\) and \(1, 2\)"):
     metrics.oscr(np.zeros(2), np.zeros((1, 2)), [0, 1])
   with pytest.raises(ValueError, match="3 labels for 2 known clips"):
-    metrics.oscr(np.zeros((2, 2)), np.zeros((1, 2)), [0, 1, 1])
+    metrics.oscr(np.zeros((2, 3)), np.zeros((1, 3)), [0, 1, 1])
 
 
 def test_max_softmax_is_stable_and_works_on_one_clip():
