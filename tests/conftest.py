@@ -22,20 +22,28 @@ def shared_dir() -> Path:
   """The shared assets folder (CLIP BPE vocabulary, official-code fixtures).
 
   It sits beside the checkout in CI (``../shared``); elsewhere point DFERCLIP_SHARED at a copy.
-  Tests that need it skip, saying why, where it is absent.
+  Tests that need it skip, saying why, where it is absent -- except in CI (env ``CI`` set), where
+  they fail: the parity tests against the official code must always run there.
   """
   root = Path(os.environ.get("DFERCLIP_SHARED", REPO.parent / "shared"))
   if not root.is_dir():
-    pytest.skip(f"shared assets not found at {root} (set DFERCLIP_SHARED to the folder holding "
-                f"clip-tokenizer/ and fixtures/)")
+    _missing(f"shared assets not found at {root} (set DFERCLIP_SHARED to the folder holding "
+             f"clip-tokenizer/ and fixtures/)")
   return root
+
+
+def _missing(reason: str) -> None:
+  """Skip, or fail under CI: a CI run without the shared assets would pass without parity tests."""
+  if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+    pytest.fail(f"{reason}; CI is set, so the tests that need it must run, not skip", pytrace=False)
+  pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def clip_tokenizer_dir() -> Path:
   path = shared_dir() / "clip-tokenizer"
   if not path.is_dir():
-    pytest.skip(f"{path} is missing")
+    _missing(f"{path} is missing")
   return path
 
 
@@ -43,5 +51,5 @@ def clip_tokenizer_dir() -> Path:
 def official_fixture_dir() -> Path:
   path = shared_dir() / "fixtures" / "official-dferclip-tiny"
   if not path.is_dir():
-    pytest.skip(f"{path} is missing")
+    _missing(f"{path} is missing")
   return path

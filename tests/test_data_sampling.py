@@ -106,3 +106,15 @@ def test_bad_arguments_fail():
     sampling.test_indices(10, num_clips=0)
   with pytest.raises(ValueError, match="num_segments"):
     sampling.train_indices(10, [0, 0], num_segments=0)
+
+
+def test_duration_two_and_a_single_segment_by_hand():
+  # S=4, duration=2, n=10 (> S + 2 - 1): tick = 9 / 4 = 2.25, offsets int(1.125 + 2.25 i) = 1, 3, 5, 7.
+  assert _test(10, num_segments=4, duration=2) == [[1, 2, 3, 4, 5, 6, 7, 8]]
+  # S=4, duration=2, n=4: average = 3 // 4 = 0 and n is not above S: padded offsets 0..3, each a run
+  # of two frames that stops at the last one -- whatever the seed.
+  for seed in range(5):
+    assert _train(4, seed, num_segments=4, duration=2) == [0, 1, 1, 2, 2, 3, 3, 3]
+  # One segment: its middle (test) and the only full-length draw (train: average = n).
+  assert _test(5, num_segments=1) == [[2]]
+  assert 0 <= _train(5, num_segments=1)[0] < 5

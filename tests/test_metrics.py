@@ -84,3 +84,42 @@ def test_open_set_input_errors():
 def test_max_softmax():
   probs = metrics.max_softmax(np.array([[0.0, 0.0], [10.0, 0.0]]))
   np.testing.assert_allclose(probs, [0.5, 1 / (1 + np.exp(-10))])
+
+
+# ----------------------------------------------------------------------------- edges (mutation-tested)
+
+
+def test_report_keys_and_empty_matrices():
+  cm = np.array([[1, 1], [0, 2]])
+  report = metrics.classification_report(cm, ["a", "b"])
+  assert report["war"] == pytest.approx(75.0) and report["uar"] == pytest.approx(75.0)
+  assert report["confusion_matrix"] == [[1, 1], [0, 2]]
+  empty = np.zeros((2, 2), np.int64)
+  assert np.isnan(metrics.war(empty)) and np.isnan(metrics.uar(empty))
+  with pytest.raises(ValueError, match="3 class names for a 2-class confusion matrix"):
+    metrics.classification_report(cm, ["a", "b", "c"])
+
+
+def test_out_of_range_labels_and_predictions_are_named():
+  with pytest.raises(ValueError, match=r"a label is outside \[0, 2\): -1\.\.1"):
+    metrics.confusion_matrix([-1, 1], [0, 0], 2)
+  with pytest.raises(ValueError, match=r"a prediction is outside \[0, 2\): 0\.\.2"):
+    metrics.confusion_matrix([0, 1], [0, 2], 2)
+  assert metrics.confusion_matrix([0, 1], [0, 1], 2).tolist() == [[1, 0], [0, 1]]  # 0 is a class
+
+
+def test_open_set_inputs_are_checked():
+  assert metrics.auroc([0.9], [0.1, 0.95]) == pytest.approx(50.0)  # one known clip is enough
+  with pytest.raises(ValueError, match=r"need at least one known and one unknown score \(got 0 known, 2 unknown\)"):
+    metrics.auroc([], [0.1, 0.2])
+  with pytest.raises(ValueError, match=r"must be finite \(found NaN or inf\)"):
+    metrics.auroc([np.nan], [0.1])
+  with pytest.raises(ValueError, match=r"oscr takes \[N, C\] scores .* got \(2,\) and \(1, 2\)"):
+    metrics.oscr(np.zeros(2), np.zeros((1, 2)), [0, 1])
+  with pytest.raises(ValueError, match="3 labels for 2 known clips"):
+    metrics.oscr(np.zeros((2, 3)), np.zeros((1, 3)), [0, 1, 1])
+
+
+def test_max_softmax_is_stable_and_works_on_one_clip():
+  np.testing.assert_allclose(metrics.max_softmax([[1000.0, 0.0], [0.0, 0.0]]), [1.0, 0.5])
+  assert metrics.max_softmax(np.log([1.0, 3.0])) == pytest.approx(0.75)  # a single [C] row

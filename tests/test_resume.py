@@ -1,8 +1,11 @@
-"""kill -9 during training, then the same command again: the run ends exactly as an uninterrupted
-one (same metrics.jsonl, same final and best results), also with a clip skipped when read."""
+"""kill -9 during an evaluation, and again during training, then the same command again: each
+restart really restores (it logs the step it resumed from), and the run ends exactly as an
+uninterrupted one (same metrics.jsonl, same final and best results), also with a clip skipped when
+read."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,35 +26,61 @@ def command(workdir, data_dir, *extra):
           "--config.log_every=1", "--config.checkpoint_every=2", "--config.progress_bars=False", *extra]
 
 
-def run(cmd, timeout=300):
+def run(cmd, timeout=300) -> str:
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, result.stderr[-3000:]
+  return result.stderr
+
+
+def resumed_from(log: str) -> int:
+  """The step the trainer logged restoring from (0 if it started afresh)."""
+  found = re.findall(r"resumed from step (\d+)", log)
+  return int(found[-1]) if found else 0
+
+
+def kill_when(cmd, workdir, log_path, ready) -> None:
+  """Starts ``cmd``, SIGKILLs its whole process group as soon as ``ready(metrics records)`` holds."""
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    deadline = time.time() + 300
+    try:
+      while time.time() < deadline and proc.poll() is None:
+        if ready(reporting.read_metrics(workdir)):
+          break
+        time.sleep(0.02)
+    finally:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
 
 
 def kill_and_resume(tmp_path, data_dir, *extra):
   """Runs straight, then killed at 2/3 and resumed; both must end alike. -> the results.json."""
   straight, killed = tmp_path / "straight", tmp_path / "killed"
-  run(command(straight, data_dir, *extra))
+  assert resumed_from(run(command(straight, data_dir, *extra))) == 0
   expected_records = reporting.read_metrics(straight)
   last_step = max(r["step"] for r in expected_records)
+  first_eval = min(r["step"] for r in expected_records if "eval/uar" in r)
 
-  # Kill somewhere after a checkpoint and the first evaluation, before the end.
+  # Kill 1: during the first evaluation (its step's train record is written, its eval record not yet).
+  def evaluating(records):
+    return (any(r["step"] == first_eval and "train/loss" in r for r in records)
+            and not any("eval/uar" in r for r in records))
+
+  kill_when(command(killed, data_dir, *extra), killed, tmp_path / "log1", evaluating)
+  logged = reporting.read_metrics(killed)
+  assert evaluating(logged), "the kill did not land during the first evaluation"
+
+  # Kill 2: the same command resumes (from a checkpoint before that evaluation); kill it again
+  # somewhere after a later checkpoint and evaluation, before the end.
   target = last_step * 2 // 3
-  proc = subprocess.Popen(command(killed, data_dir, *extra), cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, start_new_session=True)
-  deadline = time.time() + 300
-  try:
-    while time.time() < deadline and proc.poll() is None:
-      if any(r["step"] >= target for r in reporting.read_metrics(killed) if "train/loss" in r):
-        break
-      time.sleep(0.05)
-  finally:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+  kill_when(command(killed, data_dir, *extra), killed, tmp_path / "log2",
+            lambda records: any(r["step"] >= target for r in records if "train/loss" in r))
+  assert 0 < resumed_from((tmp_path / "log2").read_text()) < first_eval
   logged = reporting.read_metrics(killed)
   assert logged and max(r["step"] for r in logged) < last_step, "the run finished before the kill"
 
-  run(command(killed, data_dir, *extra))  # the same command again resumes
+  restart = resumed_from(run(command(killed, data_dir, *extra)))  # the same command again resumes
+  assert restart >= first_eval, f"the last run restored step {restart}, not a checkpoint after step {first_eval}"
   assert reporting.read_metrics(killed) == expected_records
   a = json.loads((straight / "results.json").read_text())
   b = json.loads((killed / "results.json").read_text())
