@@ -98,11 +98,15 @@ class DFERCLIP(nn.Module):
     features = jnp.where((eot < length)[:, None], features, jnp.nan)
     return l2_normalize(features)
 
-  def __call__(self, video, *, train: bool = False, return_features: bool = False):
+  def __call__(self, video, *, train: bool = False, return_features: bool = False,
+               text_features=None):
+    """``text_features``: ``encode_prompts()``'s output, where the caller already has it (it is
+    constant for fixed variables: evaluation computes it once, not once per batch)."""
     del train  # no dropout or batch statistics: train and eval compute the same function
     frame_features = self.encode_frames(video)
     video_features = l2_normalize(self.temporal(frame_features))
-    text_features = self.encode_prompts()
+    if text_features is None:
+      text_features = self.encode_prompts()
     logits = LOGIT_SCALE * video_features @ text_features.T
     if return_features:
       return {"logits": logits, "video_features": video_features, "text_features": text_features,
