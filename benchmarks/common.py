@@ -65,7 +65,8 @@ def time_calls(fn, args, steps: int, warmup: int = 2) -> float:
 
 def add_utilisation(record: dict, flops: float | None, step_s: float, dtype_name: str) -> dict:
   """Adds ``flops_per_step`` and, where the device's peak is known, ``mfu`` (model FLOPs
-  utilisation: XLA-counted FLOPs per second over the dense peak)."""
+  utilisation: the given FLOPs per second over the dense peak; train_step.py passes its analytic
+  count, clip_forward.py XLA's)."""
   if flops:
     record["flops_per_step"] = flops
     peak = peak_flops(dtype_name)

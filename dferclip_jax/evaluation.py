@@ -156,7 +156,7 @@ def evaluate_model(config, workdir, model, variables, source: str, out_name: str
     raise ValueError(f"{source} has {model.num_classes} classes, the config {len(config.class_names)}")
   data = data_setup.open_test_data(config, workdir)
   image_size = model.clip_config.vision_config.image_size
-  eval_step = jax.jit(steps.make_eval_step(model, model.num_classes))
+  eval_step = steps.make_eval_step(model, model.num_classes)  # jits itself
   cm, loss = evaluate_batches(eval_step, variables, data.eval_batches(local_batch, image_size,
                                                                       config.eval_num_clips),
                               mesh, model.num_classes, config.progress_bars)

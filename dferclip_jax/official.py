@@ -32,7 +32,7 @@ from flax import traverse_util
 from dferclip_jax import torch_pickle
 from dferclip_jax.models.clip_checkpoint import CheckpointMismatchError, check_tree
 from dferclip_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-from dferclip_jax.models.dferclip import DFERCLIP, variable_shapes
+from dferclip_jax.models.dferclip import DFERCLIP, prompt_text_length, variable_shapes
 
 X_TOKEN = 343  # "x</w>" in OpenAI's BPE: what the official prompts hold at the context positions
 
@@ -266,6 +266,7 @@ def load_checkpoint(path: str | Path, class_token_position: str = "end", *,
                                       state["prompt_learner.token_suffix"],
                                       state["clip_model_.token_embedding.weight"], kwargs["n_ctx"], source)
   used.update({"prompt_learner.token_prefix", "prompt_learner.token_suffix"})
+  model = model.clone(text_length=prompt_text_length(ids, model.context_length))
   variables = {"params": params, "prompts": {"ids": ids, "name_lens": name_lens}}
   try:
     check_tree(variables, variable_shapes(model), source=source)

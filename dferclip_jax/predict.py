@@ -111,9 +111,10 @@ def predict(model, variables, inputs: Sequence[str], class_names: Sequence[str],
             top_k: int = 3, num_clips: int = 1, workers: int = 8, faces=None) -> Iterator[dict]:
   """Yields one result dict per input, in input order; with ``faces`` (a ``FaceStep``) the
   sampled frames are face crops and each result gains a ``faces`` summary."""
-  from dferclip_jax.train.train_step import clip_probabilities
+  from dferclip_jax.train.train_step import class_text_features, clip_probabilities
   image_size = model.clip_config.vision_config.image_size
-  probs_fn = jax.jit(lambda v, x: clip_probabilities(model, v, x))
+  text_features = jax.jit(lambda v: class_text_features(model, v))(variables)  # once, not per batch
+  probs_fn = jax.jit(lambda v, t, x: clip_probabilities(model, v, x, t))
   names = list(class_names) or [str(i) for i in range(model.num_classes)]
   top_k = max(1, min(top_k, len(names)))
 
@@ -135,7 +136,7 @@ def predict(model, variables, inputs: Sequence[str], class_names: Sequence[str],
       batch = np.stack([clip for _, clip in good])
       padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), 0)]) \
           if len(batch) < batch_size else batch  # one compiled shape for every batch
-      probs = np.asarray(probs_fn(variables, padded))[:len(good)]
+      probs = np.asarray(probs_fn(variables, text_features, padded))[:len(good)]
       for (p, _), row in zip(good, probs):
         order = np.argsort(-row)[:top_k]
         results[p] = {"input": p, "label": names[order[0]],

@@ -69,30 +69,44 @@ def _layer_norm(name: str) -> nn.LayerNorm:
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with separate q/k/v/out projections (HF's layout)."""
+  """Multi-head self-attention with separate q/k/v/out projections (HF's layout).
+
+  ``query_positions`` (int [N], optional) evaluates the output at one position per row only:
+  keys and values still come from every position, so that row's output is exactly the one the
+  full computation gives (each output row depends on its own query and all keys/values alone).
+  """
   hidden_size: int
   num_heads: int
   causal: bool
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, query_positions=None):
     head_dim = self.hidden_size // self.num_heads
     dense = lambda name: nn.Dense(self.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
                                   kernel_init=KERNEL_INIT, name=name)
     split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head_dim))
-    q, k, v = (split(dense(n)(x)) for n in ("q_proj", "k_proj", "v_proj"))
+    queries = x if query_positions is None else _rows(x, query_positions)
+    q, k, v = split(dense("q_proj")(queries)), split(dense("k_proj")(x)), split(dense("v_proj")(x))
     # Logits and softmax in float32: bfloat16 softmax over 50-77 tokens loses too much.
     logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
     logits = logits * (head_dim ** -0.5)
     if self.causal:
       length = x.shape[-2]
-      mask = jnp.tril(jnp.ones((length, length), dtype=bool))
+      if query_positions is None:
+        mask = jnp.tril(jnp.ones((length, length), dtype=bool))
+      else:  # row n's one query sits at query_positions[n]: it sees keys up to there
+        mask = (jnp.arange(length)[None, :] <= query_positions[:, None])[:, None, None, :]
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
     out = out.reshape(out.shape[:-2] + (self.hidden_size,))
     return dense("out_proj")(out)
+
+
+def _rows(x, positions):
+  """x [N, L, D], positions int [N] -> x[n, positions[n]] as [N, 1, D]."""
+  return jnp.take_along_axis(x, positions.astype(jnp.int32)[:, None, None], axis=1)
 
 
 class MLP(nn.Module):
@@ -112,17 +126,22 @@ class MLP(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-  """Pre-norm residual block: x + attn(ln1(x)); x + mlp(ln2(x))."""
+  """Pre-norm residual block: x + attn(ln1(x)); x + mlp(ln2(x)).
+
+  With ``pool_positions`` (int [N]) it returns only those rows, [N, 1, D]: see ``Attention``;
+  the residual, LayerNorms and MLP act row by row, so the rows are exactly the full block's.
+  """
   config: TowerConfig
   causal: bool
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, pool_positions=None):
     c = self.config
     h = _layer_norm("layer_norm1")(x)
-    x = x + Attention(c.hidden_size, c.num_attention_heads, self.causal, self.dtype,
-                      name="self_attn")(h.astype(self.dtype)).astype(jnp.float32)
+    attn = Attention(c.hidden_size, c.num_attention_heads, self.causal, self.dtype,
+                     name="self_attn")(h.astype(self.dtype), pool_positions).astype(jnp.float32)
+    x = (x if pool_positions is None else _rows(x, pool_positions)) + attn
     h = _layer_norm("layer_norm2")(x)
     x = x + MLP(c.hidden_size, c.intermediate_size, c.hidden_act, self.dtype,
                 name="mlp")(h.astype(self.dtype)).astype(jnp.float32)
@@ -130,17 +149,24 @@ class EncoderLayer(nn.Module):
 
 
 class LayerCollection(nn.Module):
-  """The stack of blocks, named ``0``, ``1``, ... as in HF (hence no nn.scan)."""
+  """The stack of blocks, named ``0``, ``1``, ... as in HF (hence no nn.scan).
+
+  ``pool_positions`` (int [N]): the towers read one position per row (the image's class token,
+  the text's end-of-text token), so the last block is evaluated there only, [N, 1, D]: about a
+  twelfth of each tower's work that cannot reach the output. Earlier blocks need every position.
+  """
   config: TowerConfig
   causal: bool
   dtype: Any = jnp.float32
   remat: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, pool_positions=None):
     block = nn.remat(EncoderLayer) if self.remat else EncoderLayer
+    last = self.config.num_hidden_layers - 1
     for i in range(self.config.num_hidden_layers):
-      x = block(self.config, self.causal, self.dtype, name=str(i))(x)
+      x = block(self.config, self.causal, self.dtype, name=str(i))(
+          x, pool_positions if i == last else None)
     return x
 
 
@@ -151,8 +177,32 @@ class Encoder(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, x):
-    return LayerCollection(self.config, self.causal, self.dtype, self.remat, name="layers")(x)
+  def __call__(self, x, pool_positions=None):
+    return LayerCollection(self.config, self.causal, self.dtype, self.remat, name="layers")(
+        x, pool_positions)
+
+
+class PatchEmbedding(nn.Module):
+  """The stride-p, p x p, bias-free patch convolution as one matmul over flattened patches.
+
+  Identical sums (each output is the dot product of one patch with one filter): patches are cut
+  out by a reshape, so XLA runs a plain matmul instead of its much slower strided convolution on
+  CPU. The kernel keeps the convolution's name and HWIO shape (``patch_embedding/kernel``).
+  """
+  patch_size: int
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, pixels):
+    p = self.patch_size
+    kernel = self.param("kernel", KERNEL_INIT, (p, p, pixels.shape[-1], self.features), jnp.float32)
+    n, h, w, c = pixels.shape
+    h, w = h // p * p, w // p * p  # as a VALID convolution, a partial last patch is dropped
+    pixels = pixels[:, :h, :w]
+    patches = pixels.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(n, (h // p) * (w // p), p * p * c)  # each row: one patch, (i, j, c)
+    return jnp.dot(patches.astype(self.dtype), kernel.reshape(p * p * c, self.features).astype(self.dtype))
 
 
 class VisionEmbeddings(nn.Module):
@@ -162,12 +212,9 @@ class VisionEmbeddings(nn.Module):
   @nn.compact
   def __call__(self, pixels):
     c = self.config
-    patches = nn.Conv(c.hidden_size, kernel_size=(c.patch_size, c.patch_size),
-                      strides=(c.patch_size, c.patch_size), padding="VALID", use_bias=False,
-                      dtype=self.dtype, param_dtype=jnp.float32,
-                      kernel_init=KERNEL_INIT, name="patch_embedding")(pixels.astype(self.dtype))
+    patches = PatchEmbedding(c.patch_size, c.hidden_size, self.dtype, name="patch_embedding")(pixels)
     n = patches.shape[0]
-    patches = patches.reshape(n, -1, c.hidden_size).astype(jnp.float32)
+    patches = patches.astype(jnp.float32)
     cls = self.param("class_embedding", nn.initializers.normal(0.02), (c.hidden_size,), jnp.float32)
     cls = jnp.broadcast_to(cls, (n, 1, c.hidden_size))
     x = jnp.concatenate([cls, patches], axis=1)
@@ -189,7 +236,8 @@ class VisionTransformer(nn.Module):
   def __call__(self, pixels):
     x = VisionEmbeddings(self.config, self.dtype, name="embeddings")(pixels)
     x = _layer_norm("pre_layrnorm")(x)  # sic: HF's spelling
-    x = Encoder(self.config, False, self.dtype, self.remat, name="encoder")(x)
+    cls = jnp.zeros((x.shape[0],), jnp.int32)  # pooled at the class token
+    x = Encoder(self.config, False, self.dtype, self.remat, name="encoder")(x, cls)
     return _layer_norm("post_layernorm")(x[:, 0])
 
 
@@ -231,9 +279,8 @@ class TextTransformer(nn.Module):
 
   def __call__(self, token_embeds, eot_positions):
     x = self.embeddings.add_positions(token_embeds.astype(jnp.float32))
-    x = self.encoder(x)
-    x = self.final_layer_norm(x)
-    return jnp.take_along_axis(x, eot_positions[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+    x = self.encoder(x, jnp.asarray(eot_positions, jnp.int32))  # [M, 1, D]: the pooled rows
+    return self.final_layer_norm(x)[:, 0]
 
 
 class CLIP(nn.Module):

@@ -52,6 +52,8 @@ class DFERCLIP(nn.Module):
   temporal_mlp_dim: int = 1024
   num_frames: int = 16
   context_length: int = 77
+  # Positions the text tower runs on (None: all context_length); see ``prompt_text_length``.
+  text_length: int | None = None
   normalize_input: bool = False
   dtype: Any = jnp.float32
   remat: bool = False
@@ -87,13 +89,24 @@ class DFERCLIP(nn.Module):
     ids = self.prompt_ids.value
     prompts = self.prompt_learner(self.clip.embed_tokens(ids), self.name_lens.value)
     eot = jnp.argmax(ids, axis=-1)  # the official rule: the end-of-text token has the largest id
-    return l2_normalize(self.clip.encode_text_embeddings(prompts, eot))
+    # The text tower is causal and pooled at <eot>: positions after every prompt's <eot> cannot
+    # change any feature, so the tower runs on the prefix that holds them all (exact).
+    length = self.text_length or self.context_length
+    features = self.clip.encode_text_embeddings(prompts[:, :length], eot)
+    # Ids whose <eot> lies beyond the prefix (text_length inconsistent with the prompts) give
+    # NaN features, which stop training loudly, rather than quietly wrong ones.
+    features = jnp.where((eot < length)[:, None], features, jnp.nan)
+    return l2_normalize(features)
 
-  def __call__(self, video, *, train: bool = False, return_features: bool = False):
+  def __call__(self, video, *, train: bool = False, return_features: bool = False,
+               text_features=None):
+    """``text_features``: ``encode_prompts()``'s output, where the caller already has it (it is
+    constant for fixed variables: evaluation computes it once, not once per batch)."""
     del train  # no dropout or batch statistics: train and eval compute the same function
     frame_features = self.encode_frames(video)
     video_features = l2_normalize(self.temporal(frame_features))
-    text_features = self.encode_prompts()
+    if text_features is None:
+      text_features = self.encode_prompts()
     logits = LOGIT_SCALE * video_features @ text_features.T
     if return_features:
       return {"logits": logits, "video_features": video_features, "text_features": text_features,
@@ -111,6 +124,14 @@ def prompt_tokens(tokenizer, class_texts: Sequence[str], n_ctx: int, context_len
   name_lens = np.array([len(tokenizer.encode(text, add_special_tokens=False)) for text in class_texts],
                        np.int32)
   return ids, name_lens
+
+
+def prompt_text_length(ids, context_length: int = 77, multiple: int = 8) -> int:
+  """The shortest prefix of the tokenized prompts ``ids`` [C, L] that holds every end-of-text
+  token (the largest id of each row), rounded up to a multiple of 8 (friendlier matmul shapes),
+  at most ``context_length``: the ``text_length`` of a DFER-CLIP over these prompts."""
+  needed = int(np.max(np.argmax(np.asarray(ids), axis=-1))) + 1
+  return min(context_length, -(-needed // multiple) * multiple)
 
 
 def model_kwargs(model: DFERCLIP) -> dict:
@@ -155,6 +176,8 @@ def build_dferclip(clip_config: CLIPConfig, clip_params, class_texts: Sequence[s
   """
   model = DFERCLIP(clip_config, num_classes=len(class_texts), **kwargs)
   ids, name_lens = prompt_tokens(tokenizer, class_texts, model.n_ctx, model.context_length)
+  if model.text_length is None:
+    model = model.clone(text_length=prompt_text_length(ids, model.context_length))
   vocab = clip_config.text_config.vocab_size
   if ids.max() >= vocab:
     raise ValueError(f"the tokenizer gives id {ids.max()}, outside the CLIP vocabulary of {vocab}")

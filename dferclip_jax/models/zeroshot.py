@@ -31,7 +31,13 @@ class ZeroShotCLIP(nn.Module):
     self.prompt_ids = self.variable("prompts", "ids", jnp.zeros,
                                     (self.num_classes, self.context_length), jnp.int32)
 
-  def __call__(self, video, *, train: bool = False, return_features: bool = False):
+  def encode_prompts(self):
+    """The classes' L2-normalised text features [C, D]."""
+    return l2_normalize(self.clip.encode_text(self.prompt_ids.value))
+
+  def __call__(self, video, *, train: bool = False, return_features: bool = False,
+               text_features=None):
+    """``text_features``: ``encode_prompts()``'s output where the caller already has it."""
     del train
     if video.dtype == jnp.uint8:
       video = video.astype(jnp.float32) / 255.0
@@ -39,7 +45,8 @@ class ZeroShotCLIP(nn.Module):
     frames = normalize_pixels(video.reshape((n * t,) + video.shape[2:]).astype(jnp.float32))
     frame_features = l2_normalize(self.clip.encode_image(frames)).reshape(n, t, -1)
     video_features = l2_normalize(frame_features.mean(axis=1))
-    text_features = l2_normalize(self.clip.encode_text(self.prompt_ids.value))
+    if text_features is None:
+      text_features = self.encode_prompts()
     logits = LOGIT_SCALE * video_features @ text_features.T
     if return_features:
       return {"logits": logits, "video_features": video_features, "text_features": text_features,

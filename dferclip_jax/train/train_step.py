@@ -8,6 +8,7 @@ tower costs no weight-gradient work and holds no optimizer state.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping
 
 import jax
@@ -56,21 +57,41 @@ def make_train_step(model, tx: optax.GradientTransformation, schedules: Mapping[
   return train_step
 
 
-def clip_probabilities(model, variables, video):
+def class_text_features(model, variables):
+  """The classes' text features [C, D] (``DFERCLIP.encode_prompts``)."""
+  return model.apply(variables, method=model.encode_prompts)
+
+
+def clip_probabilities(model, variables, video, text_features=None):
   """Class probabilities [N, C]; video [N, T, H, W, 3] or [N, K, T, H, W, 3] (K temporal clips,
-  whose softmax probabilities are averaged: multi-clip test-time evaluation)."""
+  whose softmax probabilities are averaged: multi-clip test-time evaluation). ``text_features``:
+  ``class_text_features``' output where the caller has it (else computed here)."""
+  apply = lambda x: model.apply(variables, x, text_features=text_features)
   if video.ndim == 6:
     n, k = video.shape[:2]
-    logits = model.apply(variables, video.reshape((n * k,) + video.shape[2:]))
+    logits = apply(video.reshape((n * k,) + video.shape[2:]))
     return jax.nn.softmax(logits.astype(jnp.float32), -1).reshape(n, k, -1).mean(axis=1)
-  return jax.nn.softmax(model.apply(variables, video).astype(jnp.float32), -1)
+  return jax.nn.softmax(apply(video).astype(jnp.float32), -1)
 
 
-def make_eval_step(model, num_classes: int):
-  """Accumulates a confusion matrix and the summed loss over masked (padded) batches."""
+class EvalStep:
+  """``eval_step(variables, batch, totals) -> totals``: accumulates a confusion matrix and the
+  summed loss over masked (padded) batches.
 
-  def eval_step(variables, batch, totals):
-    probs = clip_probabilities(model, variables, batch["video"])
+  The class text features depend on the variables alone, so they are computed once per
+  ``variables`` object (once per evaluation, as evaluation passes the same variables for every
+  batch), not once per batch. Call it as is: it jits its two parts itself. (Wrapped in
+  ``jax.jit`` it still computes the right thing, but then once per batch again.)
+  """
+
+  def __init__(self, model, num_classes: int):
+    self._text = jax.jit(functools.partial(class_text_features, model))
+    self._step = jax.jit(functools.partial(self._accumulate, model, num_classes))
+    self._cache = (None, None)  # (variables, their text features)
+
+  @staticmethod
+  def _accumulate(model, num_classes, variables, text_features, batch, totals):
+    probs = clip_probabilities(model, variables, batch["video"], text_features)
     mask = batch["mask"].astype(jnp.float32)
     predictions = jnp.argmax(probs, -1)
     truth = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32) * mask[:, None]
@@ -79,7 +100,16 @@ def make_eval_step(model, num_classes: int):
     nll = -jnp.log(jnp.clip(jnp.take_along_axis(probs, batch["label"][:, None], -1)[:, 0], 1e-12))
     return {"confusion": cm, "loss_sum": totals["loss_sum"] + jnp.sum(nll * mask)}
 
-  return eval_step
+  def __call__(self, variables, batch, totals):
+    if isinstance(jax.tree.leaves(variables)[0], jax.core.Tracer):  # inside someone's jit
+      return self._step(variables, None, batch, totals)
+    if self._cache[0] is not variables:
+      self._cache = (variables, self._text(variables))
+    return self._step(variables, self._cache[1], batch, totals)
+
+
+def make_eval_step(model, num_classes: int) -> EvalStep:
+  return EvalStep(model, num_classes)
 
 
 def empty_eval_totals(num_classes: int):

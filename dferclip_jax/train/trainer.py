@@ -136,7 +136,7 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
                        in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
                        donate_argnums=(0,))
-  eval_step = jax.jit(steps.make_eval_step(model, bundle.num_classes))
+  eval_step = steps.make_eval_step(model, bundle.num_classes)  # jits itself
 
   writer = reporting.MetricWriter(workdir, resume_step=start_step)
   best = meta.get("best")
