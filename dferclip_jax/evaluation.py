@@ -9,6 +9,7 @@ Test-time options: the official single centred clip, or multi-clip averaging
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -30,13 +31,17 @@ def _progress(desc: str, enabled: bool):
 
 
 def evaluate_batches(eval_step, variables, batches, mesh, num_classes: int, progress: bool = True,
-                     desc: str = "eval") -> tuple[np.ndarray, float]:
-  """Runs a jitted ``eval_step`` over host-local padded batches -> (confusion matrix, mean loss)."""
+                     desc: str = "eval", text_features=None) -> tuple[np.ndarray, float]:
+  """Runs a jitted ``eval_step`` over host-local padded batches -> (confusion matrix, mean loss).
+
+  ``text_features``: the classes' text features, computed once by the caller for the whole pass
+  (``steps.class_text_features``); None makes every batch compute them again.
+  """
   totals = jax.device_put(steps.empty_eval_totals(num_classes), sharding_lib.replicated(mesh))
   bar = _progress(desc, progress)
   for local in batches:
     batch = sharding_lib.global_batch({k: local[k] for k in ("video", "label", "mask")}, mesh)
-    totals = eval_step(variables, batch, totals)
+    totals = eval_step(variables, batch, totals, text_features)
     if bar is not None:
       bar.update(1)
   if bar is not None:
@@ -156,10 +161,12 @@ def evaluate_model(config, workdir, model, variables, source: str, out_name: str
     raise ValueError(f"{source} has {model.num_classes} classes, the config {len(config.class_names)}")
   data = data_setup.open_test_data(config, workdir)
   image_size = model.clip_config.vision_config.image_size
-  eval_step = steps.make_eval_step(model, model.num_classes)  # jits itself
+  eval_step = jax.jit(steps.make_eval_step(model, model.num_classes))
+  text_features = jax.jit(functools.partial(steps.class_text_features, model))(variables)
   cm, loss = evaluate_batches(eval_step, variables, data.eval_batches(local_batch, image_size,
                                                                       config.eval_num_clips),
-                              mesh, model.num_classes, config.progress_bars)
+                              mesh, model.num_classes, config.progress_bars,
+                              text_features=text_features)
   report = {**metrics_lib.classification_report(cm, config.class_names), "loss": loss,
             "checkpoint": source, "num_clips_per_video": config.eval_num_clips,
             "skipped_clips": data.skipped_report()}

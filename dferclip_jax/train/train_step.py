@@ -74,23 +74,15 @@ def clip_probabilities(model, variables, video, text_features=None):
   return jax.nn.softmax(apply(video).astype(jnp.float32), -1)
 
 
-class EvalStep:
-  """``eval_step(variables, batch, totals) -> totals``: accumulates a confusion matrix and the
-  summed loss over masked (padded) batches.
+def make_eval_step(model, num_classes: int):
+  """``eval_step(variables, batch, totals, text_features=None) -> totals``: accumulates a confusion
+  matrix and the summed loss over masked (padded) batches.
 
-  The class text features depend on the variables alone, so they are computed once per
-  ``variables`` object (once per evaluation, as evaluation passes the same variables for every
-  batch), not once per batch. Call it as is: it jits its two parts itself. (Wrapped in
-  ``jax.jit`` it still computes the right thing, but then once per batch again.)
+  The class text features depend on the variables alone: an evaluation computes them once
+  (``class_text_features``) and passes them to every batch's step; None computes them here.
   """
 
-  def __init__(self, model, num_classes: int):
-    self._text = jax.jit(functools.partial(class_text_features, model))
-    self._step = jax.jit(functools.partial(self._accumulate, model, num_classes))
-    self._cache = (None, None)  # (variables, their text features)
-
-  @staticmethod
-  def _accumulate(model, num_classes, variables, text_features, batch, totals):
+  def eval_step(variables, batch, totals, text_features=None):
     probs = clip_probabilities(model, variables, batch["video"], text_features)
     mask = batch["mask"].astype(jnp.float32)
     predictions = jnp.argmax(probs, -1)
@@ -100,16 +92,7 @@ class EvalStep:
     nll = -jnp.log(jnp.clip(jnp.take_along_axis(probs, batch["label"][:, None], -1)[:, 0], 1e-12))
     return {"confusion": cm, "loss_sum": totals["loss_sum"] + jnp.sum(nll * mask)}
 
-  def __call__(self, variables, batch, totals):
-    if isinstance(jax.tree.leaves(variables)[0], jax.core.Tracer):  # inside someone's jit
-      return self._step(variables, None, batch, totals)
-    if self._cache[0] is not variables:
-      self._cache = (variables, self._text(variables))
-    return self._step(variables, self._cache[1], batch, totals)
-
-
-def make_eval_step(model, num_classes: int) -> EvalStep:
-  return EvalStep(model, num_classes)
+  return eval_step
 
 
 def empty_eval_totals(num_classes: int):

@@ -11,6 +11,7 @@ function of the seed and the step), and ends with the same metrics as an uninter
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -136,7 +137,8 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
                        in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
                        donate_argnums=(0,))
-  eval_step = steps.make_eval_step(model, bundle.num_classes)  # jits itself
+  eval_step = jax.jit(steps.make_eval_step(model, bundle.num_classes))
+  encode_texts = jax.jit(functools.partial(steps.class_text_features, model))
 
   writer = reporting.MetricWriter(workdir, resume_step=start_step)
   best = meta.get("best")
@@ -144,10 +146,12 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
   metric_name = config.best_metric.split("/", 1)[1]  # uar | war
 
   def evaluate_split(step: int, split: str, prefix: str) -> dict:
+    variables = steps.variables_of(state)
     cm, loss = evaluation.evaluate_batches(
-        eval_step, steps.variables_of(state),
+        eval_step, variables,
         data.eval_batches(local_eval_batch, image_size, config.eval_num_clips, split=split),
-        mesh, bundle.num_classes, config.progress_bars, desc=prefix)
+        mesh, bundle.num_classes, config.progress_bars, desc=prefix,
+        text_features=encode_texts(variables))  # once per evaluation: constant over its batches
     report = metrics_lib.classification_report(cm, bundle.class_names)
     scalars = {f"{prefix}/uar": report["uar"], f"{prefix}/war": report["war"], f"{prefix}/loss": loss}
     scalars.update({f"{prefix}/recall/{name}": r for name, r in report["recall"].items()})
