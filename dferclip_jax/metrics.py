@@ -114,6 +114,25 @@ def max_softmax(logits) -> np.ndarray:
   return (probs / probs.sum(axis=-1, keepdims=True)).max(axis=-1)
 
 
+def log_softmax_scores(logits) -> np.ndarray:
+  """Per-class log-probabilities [N, C] in float64, with each row's largest one exact for
+  saturated rows: ``-log1p(sum of the others' exp)``, not ``log(1 + tiny) = 0``.
+
+  The max-softmax known-ness score ranks clips by their largest probability; with logits scaled
+  by 100 a float32 (or even float64) softmax rounds it to exactly 1.0 for most clips, so AUROC
+  and OSCR would see ties where the order is known. Its logarithm keeps the same order without
+  rounding it away."""
+  logits = np.asarray(logits, dtype=np.float64)
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  exp = np.exp(shifted)
+  top = np.argmax(shifted, axis=-1)[..., None]
+  np.put_along_axis(exp, top, 0.0, axis=-1)
+  others = exp.sum(axis=-1, keepdims=True)
+  scores = shifted - np.log1p(others)
+  np.put_along_axis(scores, top, -np.log1p(others), axis=-1)
+  return scores
+
+
 # ----------------------------------------------------------------------------- HESP's own figures
 #
 # What HESP's code computes (github cosinehuang/HESP, core/evaluation.py), for comparison with its

@@ -123,3 +123,20 @@ def test_open_set_inputs_are_checked():
 def test_max_softmax_is_stable_and_works_on_one_clip():
   np.testing.assert_allclose(metrics.max_softmax([[1000.0, 0.0], [0.0, 0.0]]), [1.0, 0.5])
   assert metrics.max_softmax(np.log([1.0, 3.0])) == pytest.approx(0.75)  # a single [C] row
+
+
+def test_log_softmax_scores_keep_the_order_a_saturated_softmax_loses():
+  # Two classes, gaps of 50 and 60 (x100-scaled logits): both softmax maxima round to exactly 1.0,
+  # yet the first clip is less sure. By hand: log p_max = -log(1 + e^-gap) = -e^-gap to first order.
+  logits = np.array([[50.0, 0.0], [0.0, 60.0]])
+  assert metrics.max_softmax(logits)[0] == metrics.max_softmax(logits)[1] == 1.0
+  scores = metrics.log_softmax_scores(logits)
+  np.testing.assert_allclose(scores.max(1), [-np.exp(-50.0), -np.exp(-60.0)], rtol=1e-12)
+  np.testing.assert_allclose(scores[0, 1], -50.0 - np.exp(-50.0), rtol=1e-12)
+  assert scores.argmax(1).tolist() == [0, 1]
+  # Unsaturated rows are plain log-probabilities: log(1/4), log(3/4).
+  np.testing.assert_allclose(metrics.log_softmax_scores(np.log([[1.0, 3.0]])), np.log([[0.25, 0.75]]))
+  # Ranked by them, AUROC sees the order (100: the known clip is surer) instead of a tie (50).
+  known, unknown = metrics.log_softmax_scores([[0.0, 60.0]]), metrics.log_softmax_scores([[50.0, 0.0]])
+  assert metrics.auroc(known.max(1), unknown.max(1)) == 100.0
+  assert metrics.auroc(metrics.max_softmax([[0.0, 60.0]]), metrics.max_softmax([[50.0, 0.0]])) == 50.0

@@ -54,9 +54,9 @@ def open_set_scores(known_scores, unknown_scores, known_labels, use_softmax: boo
                     official: bool = False) -> dict:
   """Per-class scores [N, K] of known and unknown test clips -> ACC, AUROC, OSCR (percent);
   ``official`` adds HESP's own AUROC and OSCR (``OFFICIAL_SCORES``)."""
-  if use_softmax:
-    known_scores = jax.nn.softmax(jnp.asarray(known_scores, jnp.float32), -1)
-    unknown_scores = jax.nn.softmax(jnp.asarray(unknown_scores, jnp.float32), -1)
+  if use_softmax:  # log-probabilities: the same order as the softmax, without its saturation ties
+    known_scores = metrics.log_softmax_scores(known_scores)
+    unknown_scores = metrics.log_softmax_scores(unknown_scores)
   known_scores, unknown_scores = np.asarray(known_scores), np.asarray(unknown_scores)
   labels = np.asarray(known_labels)
   out = {"openset/acc": float(100.0 * np.mean(known_scores.argmax(1) == labels)),
