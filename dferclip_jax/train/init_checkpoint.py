@@ -34,7 +34,7 @@ from absl import logging
 from dferclip_jax import evaluation, export
 from dferclip_jax.data import class_orders
 from dferclip_jax.models.clip_checkpoint import check_tree
-from dferclip_jax.models.dferclip import DFERCLIP, prompt_tokens, variable_shapes
+from dferclip_jax.models.dferclip import DFERCLIP, prompt_text_length, prompt_tokens, variable_shapes
 from dferclip_jax.models.prompts import PromptLearner
 from dferclip_jax.tokenizer import load_tokenizer
 from dferclip_jax.train.config_checks import ConfigError
@@ -168,7 +168,9 @@ def adapt_to_classes(source: Source, config, rng) -> tuple[DFERCLIP, dict, list[
     for c in fresh:
       texts[c] = config_texts[c]
 
-  model = model.clone(num_classes=len(names))
+  # The new prompts may end later than the checkpoint's: the text tower's prefix follows them.
+  model = model.clone(num_classes=len(names),
+                      text_length=prompt_text_length(ids, model.context_length))
   params = dict(variables["params"])
   if model.class_specific:
     old_ctx = variables["params"]["prompt_learner"]["ctx"]
