@@ -72,10 +72,7 @@ def worker() -> None:
 
   config = _CONFIG.value
   bundle = model_setup.build_model(config, rng=jax.random.PRNGKey(0))
-  assignment = optimizer.assign_groups(bundle.variables["params"], dict(config.optim.groups))
-  trainable, frozen = optimizer.split_params(bundle.variables["params"], assignment)
-  tx, schedules = optimizer.make_optimizer(
-      config.optim, {k: g for k, g in assignment.items() if g != optimizer.FROZEN}, 100)
+  trainable, frozen, _, tx, schedules = optimizer.grouped_optimizer(bundle.variables["params"], config.optim, 100)
   state = {"params": trainable, "frozen": frozen, "prompts": bundle.variables["prompts"],
            "opt": tx.init(trainable), "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(0)}
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1})

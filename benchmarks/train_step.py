@@ -98,10 +98,7 @@ def main(argv):
   for dtype_name in f.dtype:
     model, variables = build_dferclip(clip, clip_params, texts, tokenizer, rng=jax.random.PRNGKey(0),
                                       num_frames=f.frames, dtype=jnp.dtype(dtype_name), remat=f.remat)
-    assignment = optimizer.assign_groups(variables["params"], dict(config.optim.groups))
-    trainable, frozen = optimizer.split_params(variables["params"], assignment)
-    tx, schedules = optimizer.make_optimizer(
-        config.optim, {k: g for k, g in assignment.items() if g != optimizer.FROZEN}, 100)
+    trainable, frozen, _, tx, schedules = optimizer.grouped_optimizer(variables["params"], config.optim, 100)
     state = {"params": trainable, "frozen": frozen, "prompts": variables["prompts"],
              "opt": tx.init(trainable), "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(0)}
     shardings = sharding.tree_shardings(state, mesh, 2 ** 16)

@@ -25,10 +25,7 @@ def test_training_losses_match_the_official_code(official_fixture_dir):
   model, variables = official.load_checkpoint(official_fixture_dir / "official.pth")
   assert isinstance(model, DFERCLIP) and model.text_length < model.context_length  # the cut is on
   config = config_common.base_config()
-  assignment = optimizer.assign_groups(variables["params"], dict(config.optim.groups))
-  trainable, frozen = optimizer.split_params(variables["params"], assignment)
-  tx, schedules = optimizer.make_optimizer(
-      config.optim, {k: g for k, g in assignment.items() if g != optimizer.FROZEN}, 100)
+  trainable, frozen, _, tx, schedules = optimizer.grouped_optimizer(variables["params"], config.optim, 100)
   state = {"params": trainable, "frozen": frozen, "prompts": variables["prompts"],
            "opt": tx.init(trainable), "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(0)}
   batch = {"video": np.load(official_fixture_dir / "video.npy").astype(np.float32) / 255.0,

@@ -26,12 +26,7 @@ def tiny_config(**overrides):
   config.log_every = 1
   config.checkpoint_every = 10
   config.progress_bars = False
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

@@ -102,6 +102,19 @@ def make_optimizer(optim_config, trainable_assignment: Mapping[tuple, str], step
   return optax.multi_transform(transforms, labels), schedules
 
 
+def grouped_optimizer(params, optim_config, steps_per_epoch: int):
+  """``config.optim``'s param groups over ``params`` and their optimizer.
+
+  -> (trainable params, frozen params, assignment {flat path: group}, optax transformation over
+  the trainable params, each group's schedule).
+  """
+  assignment = assign_groups(params, dict(optim_config.groups))
+  trainable, frozen = split_params(params, assignment)
+  tx, schedules = make_optimizer(
+      optim_config, {k: g for k, g in assignment.items() if g != FROZEN}, steps_per_epoch)
+  return trainable, frozen, assignment, tx, schedules
+
+
 def global_norm(tree) -> jax.Array:
   leaves = jax.tree.leaves(tree)
   if not leaves:

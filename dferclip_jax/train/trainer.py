@@ -109,10 +109,8 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
   image_size = model.clip_config.vision_config.image_size
 
   # ---------------------------------------------------------------------- param groups, optimizer
-  assignment = optimizer.assign_groups(variables["params"], dict(config.optim.groups))
-  trainable, frozen = optimizer.split_params(variables["params"], assignment)
-  trainable_assignment = {k: g for k, g in assignment.items() if g != optimizer.FROZEN}
-  tx, schedules = optimizer.make_optimizer(config.optim, trainable_assignment, steps_per_epoch)
+  trainable, frozen, assignment, tx, schedules = optimizer.grouped_optimizer(
+      variables["params"], config.optim, steps_per_epoch)
   _log_groups(assignment, variables["params"])
 
   # ---------------------------------------------------------------------- shardings, state
