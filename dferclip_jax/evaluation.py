@@ -16,18 +16,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from dferclip_jax import export, metrics as metrics_lib, official, plots
+from dferclip_jax import distributed, export, metrics as metrics_lib, official, plots
 from dferclip_jax.models.dferclip import model_from_kwargs
 from dferclip_jax.train import checkpointing, data_setup, reporting
 from dferclip_jax.train import sharding as sharding_lib
 from dferclip_jax.train import train_step as steps
-
-
-def _progress(desc: str, enabled: bool):
-  if not enabled or jax.process_index() != 0:
-    return None
-  from tqdm import tqdm
-  return tqdm(desc=desc, unit="batch", dynamic_ncols=True, leave=False)
 
 
 def evaluate_batches(eval_step, variables, batches, mesh, num_classes: int, progress: bool = True,
@@ -38,7 +31,7 @@ def evaluate_batches(eval_step, variables, batches, mesh, num_classes: int, prog
   (``steps.class_text_features``); None makes every batch compute them again.
   """
   totals = jax.device_put(steps.empty_eval_totals(num_classes), sharding_lib.replicated(mesh))
-  bar = _progress(desc, progress)
+  bar = reporting.progress_bar(desc, progress, "batch")
   for local in batches:
     batch = sharding_lib.global_batch({k: local[k] for k in ("video", "label", "mask")}, mesh)
     totals = eval_step(variables, batch, totals, text_features)
@@ -170,7 +163,7 @@ def evaluate_model(config, workdir, model, variables, source: str, out_name: str
   report = {**metrics_lib.classification_report(cm, config.class_names), "loss": loss,
             "checkpoint": source, "num_clips_per_video": config.eval_num_clips,
             "skipped_clips": data.skipped_report()}
-  if jax.process_index() == 0:
+  if distributed.is_writer():
     out = workdir / "evaluation" / out_name
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(reporting._plain(report), indent=2) + "\n")

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from dferclip_jax.faces import extract, labels, tracking
+from dferclip_jax.faces import extract, labels
 
 pytest.importorskip("mtcnn")
 skimage_data = pytest.importorskip("skimage.data")

@@ -76,7 +76,7 @@ def synthetic_lists(config, workdir: Path) -> tuple[str, str, str]:
   from dferclip_jax.data import synthetic
   s = config.data.synthetic
   out = Path(s.get("dir") or (Path(workdir) / "synthetic_data"))
-  if jax.process_index() == 0:
+  if distributed.is_writer():
     synthetic.make_synthetic_dataset(
         out, num_classes=len(config.class_names), clips_per_class=s.clips_per_class,
         frames_range=tuple(s.frames_range), image_size=s.image_size, seed=s.seed)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dferclip_jax import class_texts as class_texts_lib
+from dferclip_jax import class_texts as class_texts_lib, distributed
 from dferclip_jax.export import FORMAT
 from dferclip_jax.models import clip_config as clip_config_lib
 from dferclip_jax.models.clip import CLIP, init_clip_params
@@ -68,7 +68,7 @@ def build_model(config, rng: jax.Array) -> ModelBundle:
 
 def write_model_card(workdir: Path, bundle: ModelBundle, config) -> None:
   """``workdir/model.json``: what evaluation needs to rebuild the model from the checkpoints."""
-  if jax.process_index() != 0:
+  if not distributed.is_writer():
     return
   card = {"format": FORMAT, "model": model_kwargs(bundle.model), "class_names": list(bundle.class_names),
           "class_texts": bundle.class_texts, "source": f"training run in {Path(workdir).absolute()}",

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from dferclip_jax import distributed
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -54,11 +56,19 @@ def read_metrics(workdir: str | Path) -> list[dict]:
   return records
 
 
+def progress_bar(desc: str, enabled: bool, unit: str, total: int | None = None, initial: int = 0):
+  """A tqdm progress bar on the writing process when ``enabled``; None otherwise."""
+  if not enabled or not distributed.is_writer():
+    return None
+  from tqdm import tqdm
+  return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+
+
 class MetricWriter:
   """Writes on the first host only; every host may call it."""
 
   def __init__(self, workdir: str | Path, resume_step: int = 0, tensorboard: bool = True):
-    self.active = jax.process_index() == 0
+    self.active = distributed.is_writer()
     self.path = Path(workdir) / METRICS_FILE
     self._tb = None
     if not self.active:

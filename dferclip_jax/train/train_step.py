@@ -8,7 +8,6 @@ tower costs no weight-gradient work and holds no optimizer state.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Mapping
 
 import jax

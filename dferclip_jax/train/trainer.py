@@ -33,13 +33,6 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced NaN or inf; the run stops with the step that did it."""
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-  if not enabled or jax.process_index() != 0:
-    return None
-  from tqdm import tqdm
-  return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False)
-
-
 def training_length(num_train: int, batch_size: int, epochs: int, max_steps, batch_field: str):
   """-> (steps per epoch, total steps): full batches only (the remainder is dropped each epoch),
   capped at ``max_steps`` when set."""
@@ -169,7 +162,7 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
 
   # ---------------------------------------------------------------------- training loop
   batches = data.train_batches(local_batch, image_size, start_step)
-  bar = _progress(total_steps, start_step, "train", config.progress_bars)
+  bar = reporting.progress_bar("train", config.progress_bars, "step", total_steps, start_step)
   pending = None  # (step, metrics) of the previous step: checked one step late, no pipeline stall
   last_eval = None
   step = start_step
@@ -271,7 +264,7 @@ def check_and_log(pending, writer, log_every: int, force: bool = False) -> None:
 
 
 def _write_eval_files(workdir: Path, report: dict, class_names, step: int, suffix: str) -> None:
-  if jax.process_index() != 0:
+  if not distributed.is_writer():
     return
   cm = np.asarray(report["confusion_matrix"])
   plots.save_confusion_matrix(cm, class_names, workdir / f"confusion_matrix{suffix}.png",
