@@ -15,7 +15,7 @@ class Builder(frames_builder.FramesBuilder):
   """DFEW clips as encoded frames, labels in DFER-CLIP's order."""
 
   DATASET = "dfew"
-  BUILDER_CONFIGS = frames_builder.fold_configs(5)
+  BUILDER_CONFIGS = frames_builder.fold_configs(DATASET)
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Request DFEW from its authors (https://dfew-dataset.github.io/) and unpack it. The manual folder
 is either the dataset root as published:

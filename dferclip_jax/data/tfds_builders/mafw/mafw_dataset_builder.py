@@ -16,7 +16,7 @@ class Builder(frames_builder.FramesBuilder):
   classes, reordered: MAFW numbers anger first)."""
 
   DATASET = "mafw"
-  BUILDER_CONFIGS = frames_builder.fold_configs(5)
+  BUILDER_CONFIGS = frames_builder.fold_configs(DATASET)
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Request MAFW from its authors (https://mafw-database.github.io/MAFW/) and unpack it. The manual
 folder is either the dataset root as published:
