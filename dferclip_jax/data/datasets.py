@@ -18,6 +18,7 @@ says which order each dataset uses). No heavy imports: configs load this.
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Mapping
 
 from dferclip_jax.data import class_orders
@@ -37,6 +38,9 @@ class Dataset:
   # preferred first; DFEW's frames folder names its rendering ({dfew_frames}, see native).
   frames_dirs: tuple[str, ...] = ()
   split_files: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):  # frozen all the way down: the table is shared by every importer
+    object.__setattr__(self, "split_files", types.MappingProxyType(dict(self.split_files)))
 
   @property
   def has_native_layout(self) -> bool:
@@ -78,7 +82,7 @@ _DFEW_SPLIT_DIRS = {  # DFEW's README spells "single_labeled"; copies in use hol
     for split in SPLITS}
 _MAFW_SPLIT_ROOTS = ("Train & Test Set/single/no_caption", "split/single/no_caption")  # MAE-DFER: split/
 
-DATASETS: Mapping[str, Dataset] = {d.name: d for d in (
+DATASETS: Mapping[str, Dataset] = types.MappingProxyType({d.name: d for d in (
     Dataset("dfew", 5, class_orders.DFERCLIP_7, "dfew",
             frames_dirs=("Clip/{dfew_frames}",), split_files=_DFEW_SPLIT_DIRS),
     Dataset("ferv39k", 0, class_orders.DFERCLIP_7, "ferv39k",
@@ -92,7 +96,7 @@ DATASETS: Mapping[str, Dataset] = {d.name: d for d in (
                          for s in SPLITS}),
     Dataset("afew", 0, class_orders.HESP_7, "none", test_list_split="val"),
     Dataset("synthetic", 5, class_orders.DFERCLIP_7, "mafw"),
-)}
+)})
 
 # The datasets published with a layout we read (cli.prepare, the TFDS builders): dfew, ferv39k, mafw.
 NATIVE = tuple(name for name, d in DATASETS.items() if d.has_native_layout)
