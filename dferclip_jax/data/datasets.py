@@ -90,6 +90,7 @@ DATASETS: Mapping[str, Dataset] = types.MappingProxyType({d.name: d for d in (
             split_files={s: (f"4_setups/All_scenes/{s}_All.csv",) for s in SPLITS}),
     # MAFW's publisher ships data/frames/ (PNG; HiCMAE's preprocessing checks for its 10,045
     # folders there); data/faces/ is one lab's copies (JPEG). The first that exists is read.
+    # (The frame file names inside are an assumption: no public source shows them.)
     Dataset("mafw", 5, class_orders.DFERCLIP_11, "mafw",
             frames_dirs=("data/frames", "data/faces"),
             split_files={s: tuple(f"{r}/set_{{fold}}/{s}.txt" for r in _MAFW_SPLIT_ROOTS)
