@@ -9,6 +9,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from dferclip_jax.data import datasets
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """``"fold=3,variant=B/16"`` -> typed values, each typed like its default; unknown keys fail."""
@@ -38,8 +40,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """The official recipe (DFER-CLIP's main.py and train_*.sh), dataset-independent parts."""
   c = ml_collections.ConfigDict()
-  c.dataset = ""               # dfew | ferv39k | mafw | synthetic
-  c.fold = 0                   # 1..5 for DFEW/MAFW; 0 for single-split datasets
+  c.dataset = ""               # a name of the dataset table (dferclip_jax/data/datasets.py)
+  c.fold = 0                   # 1..num_folds; 0 for single-split datasets
   c.class_names = ()           # in label order; filled per dataset
 
   c.data = ml_collections.ConfigDict()
@@ -54,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = config_dict.placeholder(str)
   c.data.tfds_train_split = "train"
   c.data.tfds_test_split = "test"
-  c.data.augmentation = "none"  # dfew | ferv39k | mafw | none
+  c.data.augmentation = "none"  # one of datasets.AUGMENTATIONS
   c.data.num_frames = 16
   c.data.synthetic = ml_collections.ConfigDict()  # used by dataset="synthetic" only
 
@@ -112,19 +114,23 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def folded_dataset(name: str, fold: int, class_names, augmentation: str) -> ml_collections.ConfigDict:
-  """The base recipe on a 5-fold dataset's prepared lists (``annotations/<name>/set_<k>_*.txt``)."""
-  if not 1 <= fold <= 5:
-    raise ValueError(f"configs/{name}.py: fold={fold}, but {name.upper()} has folds 1..5")
+def dataset_config(name: str, fold: int = 0) -> ml_collections.ConfigDict:
+  """The base recipe on a dataset of the table (``data/datasets.py``): its classes, augmentation,
+  and the lists ``cli.prepare`` writes (``annotations/<name>/set_<k>_*.txt`` or ``train/test.txt``)."""
+  d = datasets.get(name)
+  if not d.has_fold(fold):
+    folds = f"folds 1..{d.num_folds}" if d.num_folds else "one train/test split (fold=0)"
+    raise ValueError(f"configs/{name}.py: fold={fold}, but {name.upper()} has {folds}")
+  split_fold = fold if d.num_folds else None
   c = base_config()
   c.dataset = name
   c.fold = fold
-  c.class_names = class_names
-  c.data.train_list = f"annotations/{name}/set_{fold}_train.txt"
-  c.data.test_list = f"annotations/{name}/set_{fold}_test.txt"
-  c.data.tfds_train_split = f"fold{fold}_train"
-  c.data.tfds_test_split = f"fold{fold}_test"
-  c.data.augmentation = augmentation
+  c.class_names = d.class_names
+  c.data.train_list = d.default_list(split_fold, "train")
+  c.data.test_list = d.default_list(split_fold, "test")
+  c.data.tfds_train_split = datasets.tfds_split(split_fold, "train")
+  c.data.tfds_test_split = datasets.tfds_split(split_fold, "test")
+  c.data.augmentation = d.augmentation
   return c
 
 

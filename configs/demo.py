@@ -9,7 +9,7 @@ larger learning rate for the image tower since it starts from random weights.
 import ml_collections
 
 from configs import common
-from dferclip_jax.data import class_orders
+from dferclip_jax.data import datasets
 
 
 def get_config(arg=None):
@@ -17,7 +17,7 @@ def get_config(arg=None):
   c = common.base_config()
   c.dataset = "synthetic"
   c.fold = arg.fold            # each fold draws its own synthetic dataset (for cross-validation)
-  c.class_names = class_orders.DFERCLIP_7
+  c.class_names = datasets.get("synthetic").class_names
   c.data.synthetic = ml_collections.ConfigDict(dict(
       dir="",                 # default: <workdir>/synthetic_data
       clips_per_class=arg.clips_per_class,
@@ -25,7 +25,7 @@ def get_config(arg=None):
       image_size=40,
       seed=arg.fold,
   ))
-  c.data.augmentation = "mafw"  # random resized crop + flip
+  c.data.augmentation = datasets.get("synthetic").augmentation  # random resized crop + flip
   c.data.num_frames = 8
 
   c.model.clip = ""           # random init from clip_arch (no download)

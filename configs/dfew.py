@@ -5,9 +5,8 @@ set ``--config.data.root`` to the DFEW root those lists are relative to.
 """
 
 from configs import common
-from dferclip_jax.data import class_orders
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, fold=1)
-  return common.folded_dataset("dfew", arg.fold, class_orders.DFERCLIP_7, augmentation="dfew")
+  return common.dataset_config("dfew", arg.fold)

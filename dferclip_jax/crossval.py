@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from dferclip_jax import distributed
-from dferclip_jax.train import config_checks, reporting
+from dferclip_jax.data import datasets
+from dferclip_jax.train import reporting
 
 RESULTS_FILE = "crossval_results.json"
 
@@ -53,10 +54,8 @@ def fold_config(config_file: str, fold: int, overrides: Mapping[str, Any]):
 
 
 def folds_of(dataset: str) -> list[int]:
-  n = config_checks.DATASETS.get(dataset)
-  if n is None:
-    raise ValueError(f"unknown dataset {dataset!r}")
-  return list(range(1, n + 1)) if n else [0]
+  """config.fold values of ``dataset``: 1..num_folds, or [0] for a single split."""
+  return [fold or 0 for fold in datasets.get(dataset).folds()]
 
 
 SELECTIONS = ("best", "final", "test_selected")

@@ -20,6 +20,7 @@ from PIL import Image
 
 from dferclip_jax.cli import prepare
 from dferclip_jax.data import class_orders
+from dferclip_jax.data import datasets
 from dferclip_jax.data import native
 
 REPO = Path(__file__).resolve().parents[1]
@@ -459,7 +460,7 @@ def test_hesp_split_indices_map_to_dferclip(dataset, known, names, labels):
 
 
 def test_class_order_tables_and_mapping_errors():
-  assert class_orders.class_names("mafw")[:7] == class_orders.DFERCLIP_7
+  assert datasets.get("mafw").class_names[:7] == class_orders.DFERCLIP_7
   assert sorted(class_orders.HESP_11) == sorted(class_orders.DFERCLIP_11)
   assert class_orders.index_map(class_orders.DFERCLIP_7, class_orders.HESP_7) == (3, 5, 4, 0, 6, 1, 2)
   assert [class_orders.FERV39K_NATIVE[n] for n in FERV_CLASSES] == list(class_orders.DFERCLIP_7)
@@ -471,8 +472,8 @@ def test_class_order_tables_and_mapping_errors():
     class_orders.index_map(class_orders.DFERCLIP_11, class_orders.DFERCLIP_7)
   with pytest.raises(ValueError, match="outside the source order"):
     class_orders.convert_labels([7], class_orders.DFERCLIP_7, class_orders.HESP_7)
-  with pytest.raises(ValueError, match="unknown dataset 'afew'"):
-    class_orders.class_names("afew")
+  with pytest.raises(ValueError, match="unknown dataset 'afew'"):  # no native layout
+    native.folds("afew")
   assert class_orders.order_by_name("hesp_11") == class_orders.HESP_11
   with pytest.raises(ValueError, match="unknown class order 'alphabetical'"):
     class_orders.order_by_name("alphabetical")

@@ -18,17 +18,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags
 
 from dferclip_jax import export, official
-from dferclip_jax.data import class_orders
+from dferclip_jax.data import datasets
 from dferclip_jax.models.dferclip import model_kwargs
+from dferclip_jax.models.prompts import POSITIONS
 
 def _define_flags() -> None:
   """Flags exist only when this runs as a program: importing convert() defines none (no clash
   with other tools' --dataset when both are imported, e.g. by the tests)."""
   flags.DEFINE_string("checkpoint", None, "The official .pth file.", required=True)
   flags.DEFINE_string("out", None, "New directory for the converted checkpoint.", required=True)
-  flags.DEFINE_enum("class_token_position", "end", ["end", "middle", "front"],
+  flags.DEFINE_enum("class_token_position", "end", POSITIONS,
                     "The --class-token-position the checkpoint was trained with.")
-  flags.DEFINE_enum("dataset", None, ["dfew", "ferv39k", "mafw"],
+  flags.DEFINE_enum("dataset", None, datasets.NATIVE,
                     "Records that dataset's class names (DFER-CLIP order) in model.json.")
   flags.DEFINE_list("class_names", None, "Class names in label order (instead of --dataset).")
 
@@ -51,7 +52,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  names = f.class_names or (list(class_orders.class_names(f.dataset)) if f.dataset else None)
+  names = f.class_names or (list(datasets.get(f.dataset).class_names) if f.dataset else None)
   summary = convert(f.checkpoint, f.out, f.class_token_position, names)
   print(json.dumps(summary, indent=2))
   print(f"wrote {os.path.abspath(f.out)}")

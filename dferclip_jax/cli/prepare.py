@@ -29,15 +29,17 @@ from absl import app
 from absl import flags
 
 from dferclip_jax.data import class_orders
+from dferclip_jax.data import datasets
 from dferclip_jax.data import native
 from dferclip_jax.data import textfiles
 from dferclip_jax.data.annotations import format_list  # noqa: F401 -- also this module's API
 
-_DATASET = flags.DEFINE_enum("dataset", None, native.DATASETS, "Which dataset --root holds.")
+_DATASET = flags.DEFINE_enum("dataset", None, datasets.NATIVE, "Which dataset --root holds.")
 _ROOT = flags.DEFINE_string("root", None, "Dataset root as unpacked from the publisher's archives.")
 _OUT = flags.DEFINE_string("out", None, "Folder for the lists, classes.txt and the report.")
-_FOLD = flags.DEFINE_string("fold", "all",
-                            "'all' or one fold 1..5 (DFEW, MAFW); FERV39k has one split.")
+_FOLD = flags.DEFINE_string("fold", "all", "'all' or one fold: " + "; ".join(
+    f"{d.name} 1..{d.num_folds}" if d.num_folds else f"{d.name} has one split"
+    for d in map(datasets.get, datasets.NATIVE)) + ".")
 _DFEW_FRAMES = flags.DEFINE_enum("dfew_frames", "clip_224x224", native.DFEW_FRAMES,
                                  "DFEW frames rendering: all frames, or the 16-frame resampled one.")
 
@@ -57,16 +59,12 @@ def parse_folds(dataset: str, value: str) -> tuple[int | None, ...]:
   return (int(value),)
 
 
-def list_name(fold: int | None, split: str) -> str:
-  return f"{split}.txt" if fold is None else f"set_{fold}_{split}.txt"
-
-
 def prepare(dataset: str, root: str, out: str, fold_ids: Sequence[int | None], *,
             dfew_frames: str = "clip_224x224") -> dict:
   """Reads the native layout and writes lists, ``classes.txt`` and the report; returns the report."""
   root = os.path.abspath(root)
   native.check_layout(dataset, root, dfew_frames=dfew_frames)
-  names = class_orders.class_names(dataset)
+  names = datasets.get(dataset).class_names
   os.makedirs(out, exist_ok=True)
   names_cache: dict = {}  # folds share clips: list each folder once
   report = {
@@ -86,10 +84,10 @@ def prepare(dataset: str, root: str, out: str, fold_ids: Sequence[int | None], *
     entry = {"fold": fold}
     for split in ("train", "test"):
       records = getattr(splits, split)
-      textfiles.write_atomic(os.path.join(out, list_name(fold, split)), format_list(records))
+      textfiles.write_atomic(os.path.join(out, datasets.list_file_name(fold, split)), format_list(records))
       per_class = collections.Counter(r.label for r in records)
       entry[split] = {
-          "list": list_name(fold, split),
+          "list": datasets.list_file_name(fold, split),
           "clips": len(records),
           "frames_min": min((r.num_frames for r in records), default=0),
           "frames_max": max((r.num_frames for r in records), default=0),

@@ -44,7 +44,9 @@ import math
 
 import tensorflow as tf
 
-KINDS = ("dfew", "ferv39k", "mafw", "hesp", "none")
+from dferclip_jax.data import datasets
+
+KINDS = datasets.AUGMENTATIONS  # dfew, ferv39k, mafw, hesp, none
 BRIGHTNESS = 0.5
 ROTATION_DEGREES = 4.0
 CROP_AREA = (0.08, 1.0)

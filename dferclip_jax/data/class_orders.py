@@ -35,12 +35,7 @@ ORDERS: Mapping[str, tuple[str, ...]] = {
     "hesp_11": HESP_11,
 }
 
-# The order our labels use for each dataset.
-DATASET_CLASSES: Mapping[str, tuple[str, ...]] = {
-    "dfew": DFERCLIP_7,
-    "ferv39k": DFERCLIP_7,
-    "mafw": DFERCLIP_11,
-}
+# Which order each dataset's labels use is in the dataset table: ``datasets.get(name).class_names``.
 
 # The publishers' vocabularies, as written in their split files, mapped to our names.
 # DFEW's split CSVs number the classes 1..7 (its README: 1 Happy, 2 Sad, 3 Neutral, 4 Angry,
@@ -53,15 +48,6 @@ FERV39K_NATIVE: Mapping[str, str] = {
 }
 # MAFW's single-label split files name the classes with our words (labels mapped by name).
 MAFW_NATIVE: Mapping[str, str] = {name: name for name in DFERCLIP_11}
-
-
-def class_names(dataset: str) -> tuple[str, ...]:
-  """The class order our labels use for ``dataset`` ("dfew", "ferv39k" or "mafw")."""
-  try:
-    return DATASET_CLASSES[dataset]
-  except KeyError:
-    known = sorted(DATASET_CLASSES)
-    raise ValueError(f"unknown dataset {dataset!r}; expected one of {known}") from None
 
 
 def order_by_name(name: str) -> tuple[str, ...]:

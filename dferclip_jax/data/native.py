@@ -1,19 +1,20 @@
 """DFEW, FERV39k and MAFW read as their publishers ship them: split files plus face-crop folders.
 
-The expected layouts, under the dataset root a user downloaded and unpacked:
+The expected layouts (the spellings are the table's, ``datasets.DATASETS``), under the dataset root a
+user downloaded and unpacked:
 
   DFEW     Clip/clip_224x224/<5-digit id>/*.jpg       (or Clip/clip_224x224_16f/, see DFEW_FRAMES)
            EmoLabel_DataSplit/train(single-labeled)/set_<k>.csv, test(single-labeled)/set_<k>.csv
            CSV columns video_name,label; labels 1..7 (DFEW's README numbering)
   FERV39k  2_ClipsforFaceCrop/<Scenario>/<Class>/<id>/*.jpg
            4_setups/All_scenes/train_All.csv, test_All.csv; lines "<Scenario>/<Class>/<id> <Class>"
-  MAFW     data/frames/<5-digit id>/*.png   (or data/faces/, see MAFW_FRAMES)
+  MAFW     data/frames/<5-digit id>/*.png   (or data/faces/)
            Train & Test Set/single/no_caption/set_<k>/train.txt, test.txt (or split/...);
            lines "03747.mp4 anger"
 
 Frame counts are the frame images actually in each folder (``frames.list_frames``) (the DFER-CLIP authors' lists carry
 counts that do not always match the released frames), labels are mapped by class name into the
-order of ``class_orders.class_names(dataset)``, and every clip remembers the split file and line
+order of ``datasets.get(dataset).class_names``, and every clip remembers the split file and line
 that listed it. Listed clips whose folder is missing or holds no frames are not dropped silently:
 they come back in ``NativeSplits.problems``. A line that cannot be parsed (an unknown label, a
 malformed id) is an error naming its file, line and field.
@@ -31,31 +32,17 @@ import re
 from typing import Iterator, Mapping, MutableMapping, Sequence
 
 from dferclip_jax.data import class_orders
+from dferclip_jax.data import datasets
 from dferclip_jax.data import frames as frames_lib
 from dferclip_jax.data import textfiles
 from dferclip_jax.data.records import ClipRecord
 
-DATASETS = ("dfew", "ferv39k", "mafw")
-NUM_FOLDS = {"dfew": 5, "ferv39k": 0, "mafw": 5}  # 0: a single train/test split, no folds
 # DFEW ships two face-crop renderings: all frames (the default, what DFER-CLIP used) and 16
 # frames per clip resampled by time interpolation.
 DFEW_FRAMES = ("clip_224x224", "clip_224x224_16f")
-# MAFW's publisher ships its frames as data/frames/ (PNG; HiCMAE's preprocessing checks for its
-# 10,045 folders there); data/faces/ is the name in one lab's copies (JPEG). The first that exists
-# is read. (The frame file names inside data/frames/ are an assumption: no public source shows
-# them; any name the frame rule accepts works, in natural order.)
-MAFW_FRAMES = ("data/frames", "data/faces")
 # Split files sometimes name the source videos rather than the frame folders.
 _VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
-# Other spellings of the same folders: DFEW's README names its archives "train(single_labeled)"
-# while copies in use hold "train(single-labeled)"; MAFW's publisher spells its split folder
-# "Train & Test Set/", and MAE-DFER's copy renames it "split/". Preferred spelling first.
-_DFEW_SPLIT_DIRS = {
-    "train": ("train(single-labeled)", "train(single_labeled)"),
-    "test": ("test(single-labeled)", "test(single_labeled)"),
-}
-_MAFW_SPLIT_ROOTS = ("Train & Test Set/single/no_caption", "split/single/no_caption")
-_FERV39K_FRAMES = "2_ClipsforFaceCrop"
+_FERV39K_FRAMES = datasets.get("ferv39k").frames_dirs[0]
 _HEADER_WORDS = {"label", "labels", "class", "classname", "emotion", "expression", "category"}
 
 
@@ -108,7 +95,7 @@ class NativeSplits:
 def folds(dataset: str) -> tuple[int | None, ...]:
   """The folds ``read_native`` accepts: (1, ..., 5) for DFEW and MAFW, (None,) for FERV39k."""
   _check_dataset(dataset)
-  return tuple(range(1, NUM_FOLDS[dataset] + 1)) or (None,)
+  return datasets.get(dataset).folds()
 
 
 def frames_dir_candidates(dataset: str, *, dfew_frames: str = "clip_224x224") -> tuple[str, ...]:
@@ -116,7 +103,7 @@ def frames_dir_candidates(dataset: str, *, dfew_frames: str = "clip_224x224") ->
   _check_dataset(dataset)
   if dfew_frames not in DFEW_FRAMES:
     raise ValueError(f"dfew_frames={dfew_frames!r}; expected one of {DFEW_FRAMES}")
-  return {"dfew": (f"Clip/{dfew_frames}",), "ferv39k": (_FERV39K_FRAMES,), "mafw": MAFW_FRAMES}[dataset]
+  return tuple(d.format(dfew_frames=dfew_frames) for d in datasets.get(dataset).frames_dirs)
 
 
 def frames_dir(dataset: str, root: str | os.PathLike | None = None, *,
@@ -170,7 +157,7 @@ def read_native(dataset: str, root: str | os.PathLike, *, fold: int | None = Non
   root = os.path.abspath(root)
   check_layout(dataset, root, dfew_frames=dfew_frames)
   frames = frames_dir(dataset, root, dfew_frames=dfew_frames)
-  names = class_orders.class_names(dataset)
+  names = datasets.get(dataset).class_names
   listed = {} if frame_names is None else frame_names
   problems: list[Problem] = []
   reordered: dict[str, None] = {}
@@ -354,11 +341,7 @@ def _resolve(root: str, frames: str, candidates: tuple[str, ...]) -> str:
 def _split_templates(dataset: str, split: str) -> tuple[str, ...]:
   if split not in ("train", "test"):
     raise ValueError(f"split={split!r}; expected 'train' or 'test'")
-  if dataset == "dfew":
-    return tuple(f"EmoLabel_DataSplit/{d}/set_{{fold}}.csv" for d in _DFEW_SPLIT_DIRS[split])
-  if dataset == "ferv39k":
-    return (f"4_setups/All_scenes/{split}_All.csv",)
-  return tuple(f"{r}/set_{{fold}}/{split}.txt" for r in _MAFW_SPLIT_ROOTS)
+  return datasets.get(dataset).split_files[split]
 
 
 def _first_file(root: str, candidates: Sequence[str]) -> str | None:
@@ -376,10 +359,10 @@ def _missing_parts(dataset: str, root: str, dfew_frames: str) -> list[str]:
   for split in ("train", "test"):
     absent = [fold for fold in folds(dataset)
               if _first_file(root, split_file_candidates(dataset, fold, split)) is None]
-    if absent and len(absent) == NUM_FOLDS[dataset] > 1:  # all folds: say it once
+    num_folds = datasets.get(dataset).num_folds
+    if absent and len(absent) == num_folds > 1:  # all folds: say it once
       templates = _split_templates(dataset, split)
-      missing.append(" or ".join(t.format(fold="<k>") for t in templates)
-                     + f" for k = 1..{NUM_FOLDS[dataset]}")
+      missing.append(" or ".join(t.format(fold="<k>") for t in templates) + f" for k = 1..{num_folds}")
     else:
       missing += [" or ".join(split_file_candidates(dataset, fold, split)) for fold in absent]
   return missing
@@ -407,14 +390,15 @@ def _layout_message(dataset: str, root: str, missing: list[str], dfew_frames: st
 
 
 def _check_dataset(dataset: str) -> None:
-  if dataset not in DATASETS:
-    raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+  if dataset not in datasets.NATIVE:
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of {datasets.NATIVE}")
 
 
 def _check_fold(dataset: str, fold: int | None) -> None:
   _check_dataset(dataset)
-  if NUM_FOLDS[dataset] == 0:
+  num_folds = datasets.get(dataset).num_folds
+  if num_folds == 0:
     if fold is not None:
       raise ValueError(f"{dataset} has a single train/test split; pass fold=None, not {fold!r}")
-  elif not isinstance(fold, int) or not 1 <= fold <= NUM_FOLDS[dataset]:
-    raise ValueError(f"{dataset} has folds 1..{NUM_FOLDS[dataset]}; got fold={fold!r}")
+  elif not isinstance(fold, int) or not 1 <= fold <= num_folds:
+    raise ValueError(f"{dataset} has folds 1..{num_folds}; got fold={fold!r}")

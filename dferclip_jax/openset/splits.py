@@ -18,7 +18,6 @@ from dferclip_jax.data import class_orders
 from dferclip_jax.data.records import ClipRecord
 
 SPLITS_FILE = Path(__file__).resolve().parents[2] / "data" / "openset" / "hesp_splits.json"
-DATASETS = ("AFEW", "MAFW", "DFEW")
 
 
 def load_splits(dataset: str) -> list[list[int]]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DATASETS = {"dfew": 5, "mafw": 5, "ferv39k": 0, "afew": 0, "synthetic": 5}  # name -> number of folds
+from dferclip_jax.class_texts import TEXT_TYPES
+from dferclip_jax.data import datasets
+from dferclip_jax.models.prompts import POSITIONS
+
 DTYPES = ("float32", "bfloat16")
-TEXT_TYPES = ("class_names", "class_names_with_context", "class_descriptor")
-POSITIONS = ("end", "middle", "front")
-AUGMENTATIONS = ("dfew", "ferv39k", "mafw", "hesp", "none")  # = data.augment.KINDS (no TF import here)
 
 
 class ConfigError(ValueError):
@@ -25,9 +25,9 @@ def _require(ok: bool, message: str) -> None:
 
 
 def check_config(config) -> None:
-  _require(config.dataset in DATASETS,
-           f"config.dataset={config.dataset!r}: unknown dataset; expected one of {sorted(DATASETS)}")
-  folds = DATASETS[config.dataset]
+  _require(config.dataset in datasets.DATASETS,
+           f"config.dataset={config.dataset!r}: unknown dataset; expected one of {sorted(datasets.DATASETS)}")
+  folds = datasets.get(config.dataset).num_folds
   if folds:
     _require(1 <= config.fold <= folds,
              f"config.fold={config.fold}: {config.dataset} has folds 1..{folds}")
@@ -39,8 +39,8 @@ def check_config(config) -> None:
   _require(d.source in ("lists", "tfds"), f"config.data.source={d.source!r}: expected 'lists' or 'tfds'")
   _require(d.on_bad_clip in ("error", "skip"),
            f"config.data.on_bad_clip={d.on_bad_clip!r}: expected 'error' or 'skip'")
-  _require(d.augmentation in AUGMENTATIONS,
-           f"config.data.augmentation={d.augmentation!r}: expected one of {AUGMENTATIONS}")
+  _require(d.augmentation in datasets.AUGMENTATIONS,
+           f"config.data.augmentation={d.augmentation!r}: expected one of {datasets.AUGMENTATIONS}")
   _require(d.num_frames >= 1, f"config.data.num_frames={d.num_frames}: must be at least 1")
   if d.source == "lists" and (config.dataset != "synthetic" or synthetic_uses_lists(config)):
     for field in ("train_list", "test_list"):

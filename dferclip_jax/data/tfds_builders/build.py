@@ -16,11 +16,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from dferclip_jax.data import datasets  # noqa: E402
+
 
 def _define_flags() -> None:
   # Only when run as a command: importing ``build`` must not claim flag names other tools use.
-  flags.DEFINE_enum("dataset", None, ["dfew", "ferv39k", "mafw"], "Which dataset.")
-  flags.DEFINE_string("config", None, "DFEW/MAFW: 'all' (default) or 'fold1'..'fold5'.")
+  flags.DEFINE_enum("dataset", None, datasets.NATIVE, "Which dataset.")
+  flags.DEFINE_string("config", None, "Datasets with folds: 'all' (default) or one fold 'fold<k>'.")
   flags.DEFINE_string("manual_dir", None, "The dataset root as published, or a folder of lists.")
   flags.DEFINE_string("data_dir", None, "Where TFDS datasets go (default: ~/tensorflow_datasets).")
   flags.mark_flags_as_required(["dataset", "manual_dir"])
@@ -35,9 +37,12 @@ def build(dataset: str, manual_dir: str, *, config: str | None = None,
   from dferclip_jax.data.tfds_builders import dfew, ferv39k, mafw
 
   tf.config.set_visible_devices([], "GPU")
-  cls = {"dfew": dfew.Builder, "ferv39k": ferv39k.Builder, "mafw": mafw.Builder}[dataset]
-  if dataset == "ferv39k" and config not in (None, ""):
-    raise ValueError(f"--config={config}: FERV39k has one train/test split and no configs")
+  builders = {b.DATASET: b for b in (dfew.Builder, ferv39k.Builder, mafw.Builder)}
+  if dataset not in builders:
+    raise ValueError(f"--dataset={dataset}: no TFDS builder; expected one of {sorted(builders)}")
+  cls = builders[dataset]
+  if not datasets.get(dataset).num_folds and config not in (None, ""):
+    raise ValueError(f"--config={config}: {dataset} has one train/test split and no configs")
   builder = cls(config=config or None, data_dir=data_dir)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=os.path.abspath(manual_dir)))

@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from dferclip_jax.data import annotations
-from dferclip_jax.data import class_orders
+from dferclip_jax.data import datasets
 from dferclip_jax.data import frames as frames_lib
 from dferclip_jax.data import native
 from dferclip_jax.data.records import ClipRecord
@@ -44,23 +44,22 @@ class FoldConfig(tfds.core.BuilderConfig):
     self.folds = tuple(folds)
 
 
-def fold_configs(num_folds: int) -> list[FoldConfig]:
-  every = FoldConfig(name="all", folds=range(1, num_folds + 1),
+def fold_configs(dataset: str) -> list[FoldConfig]:
+  """``all`` and one config per fold of ``dataset`` (from the dataset table); none for one split."""
+  if not datasets.get(dataset).num_folds:
+    return []
+  folds = datasets.get(dataset).folds()
+  every = FoldConfig(name="all", folds=folds,
                      description="every fold's train and test splits (each clip stored once per "
                                  "split it belongs to)")
   return [every] + [FoldConfig(name=f"fold{k}", folds=(k,), description=f"fold {k} only")
-                    for k in range(1, num_folds + 1)]
-
-
-def split_name(fold: int | None, split: str) -> str:
-  return split if fold is None else f"fold{fold}_{split}"
+                    for k in folds]
 
 
 def list_candidates(dataset: str, fold: int | None, split: str) -> tuple[str, ...]:
   """List file names accepted for one split: ``cli.prepare``'s, then the official repo's."""
-  if fold is None:
-    return (f"{split}.txt", f"{dataset.upper()}_{split}.txt")
-  return (f"set_{fold}_{split}.txt", f"{dataset.upper()}_set_{fold}_{split}.txt")
+  ours = datasets.list_file_name(fold, split)
+  return (ours, f"{dataset.upper()}_{ours}")
 
 
 class FramesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -80,7 +79,7 @@ class FramesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "frames": tfds.features.Tensor(shape=(None,), dtype=np.object_),
             "frame_names": tfds.features.Tensor(shape=(None,), dtype=np.object_),
             "num_frames": np.int32,
-            "label": tfds.features.ClassLabel(names=class_orders.class_names(self.DATASET)),
+            "label": tfds.features.ClassLabel(names=datasets.get(self.DATASET).class_names),
             "clip": tfds.features.Text(),
             "origin": tfds.features.Text(),
         }),
@@ -105,13 +104,13 @@ class FramesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       read = native.read_native(self.DATASET, root, fold=fold, frame_names=listed)
       for problem in read.problems:
         logging.warning("%s: left out: %s", self.DATASET, problem)
-      out[split_name(fold, "train")] = read.train
-      out[split_name(fold, "test")] = read.test
+      out[datasets.tfds_split(fold, "train")] = read.train
+      out[datasets.tfds_split(fold, "test")] = read.test
     return out
 
   def _list_splits(self, root: str) -> dict[str, list[ClipRecord]]:
     path_map = _read_path_map(os.path.join(root, PATH_MAP_FILE))
-    names = class_orders.class_names(self.DATASET)
+    names = datasets.get(self.DATASET).class_names
     out, missing = {}, []
     for fold in self._folds():
       for split in ("train", "test"):
@@ -123,7 +122,7 @@ class FramesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           continue
         records, _ = annotations.read_annotation_list(found, len(names), root=root,
                                                       path_map=path_map, class_names=names)
-        out[split_name(fold, split)] = records
+        out[datasets.tfds_split(fold, split)] = records
     if missing:
       raise FileNotFoundError(
           f"{root} is neither the native {self.DATASET} layout nor a folder of annotation lists; "

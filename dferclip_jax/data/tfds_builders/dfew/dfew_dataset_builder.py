@@ -15,13 +15,13 @@ class Builder(frames_builder.FramesBuilder):
   """DFEW clips as encoded frames, labels in DFER-CLIP's order."""
 
   DATASET = "dfew"
-  BUILDER_CONFIGS = frames_builder.fold_configs(5)
+  BUILDER_CONFIGS = frames_builder.fold_configs(DATASET)
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Request DFEW from its authors (https://dfew-dataset.github.io/) and unpack it. The manual folder
 is either the dataset root as published:
   Clip/clip_224x224/<5-digit id>/*.jpg
   EmoLabel_DataSplit/train(single-labeled)/set_<k>.csv, test(single-labeled)/set_<k>.csv
-or a folder of DFER-CLIP annotation lists set_<k>_train.txt, set_<k>_test.txt (k = 1..5; at its
+or a folder of DFER-CLIP annotation lists set_<k>_train.txt, set_<k>_test.txt (each fold k; at its
 top or in annotations/) whose clip paths are relative to it, as written by
   python -m dferclip_jax.cli.prepare --dataset=dfew --root=<root> --out=<root>
 Lists with another machine's absolute paths: add path_map.txt, one old_prefix=new_prefix a line.

@@ -14,6 +14,7 @@ class Builder(frames_builder.FramesBuilder):
   """FERV39k clips as encoded frames, labels in DFER-CLIP's order."""
 
   DATASET = "ferv39k"
+  BUILDER_CONFIGS = frames_builder.fold_configs(DATASET)  # none: one train/test split
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Request FERV39k from its authors
 (https://wangyanckxx.github.io/Proj_CVPR2022_FERV39k.html) and unpack it. The manual folder is
