@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dferclip_jax.models.clip_checkpoint import check_tree
+from dferclip_jax.models.param_tree import check_tree
 from dferclip_jax.models.dferclip import DFERCLIP, model_from_kwargs, model_kwargs, variable_shapes
 
 FORMAT = "dferclip-jax/model/v1"

@@ -30,7 +30,7 @@ import numpy as np
 from flax import traverse_util
 
 from dferclip_jax import torch_pickle
-from dferclip_jax.models.clip_checkpoint import CheckpointMismatchError, check_tree
+from dferclip_jax.models.param_tree import CheckpointMismatchError, check_tree
 from dferclip_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from dferclip_jax.models.dferclip import DFERCLIP, prompt_text_length, variable_shapes
 

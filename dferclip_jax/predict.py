@@ -55,7 +55,7 @@ def _video_frames(path: str) -> np.ndarray:
   return np.stack(frames)
 
 
-def load_clip(path: str, image_size: int, num_frames: int, num_clips: int = 1, faces=None):
+def read_video_clip(path: str, image_size: int, num_frames: int, num_clips: int = 1, faces=None):
   """-> uint8 [T, S, S, 3] (or [K, T, S, S, 3]): the clip exactly as evaluation reads it.
 
   A frame folder goes through evaluation's own source, decoder (libjpeg's accurate DCT), test
@@ -122,7 +122,7 @@ def predict(model, variables, inputs: Sequence[str], class_names: Sequence[str],
 
   def load(path):
     try:
-      clip = load_clip(path, image_size, model.num_frames, num_clips, faces=faces)
+      clip = read_video_clip(path, image_size, model.num_frames, num_clips, faces=faces)
       if faces is not None:
         clip, face_summaries[path] = clip
       return path, clip, None

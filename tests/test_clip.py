@@ -12,8 +12,8 @@ from flax import serialization, traverse_util
 from conftest import FIXTURES
 from dferclip_jax.models import clip_config
 from dferclip_jax.models.clip import CLIP, clip_param_shapes, eot_positions, init_clip_params
-from dferclip_jax.models.clip_checkpoint import (CheckpointMismatchError, load_clip, pytorch_to_flax,
-                                                 resolve_checkpoint, save_clip)
+from dferclip_jax.models.clip_checkpoint import load_clip, pytorch_to_flax, resolve_checkpoint, save_clip
+from dferclip_jax.models.param_tree import CheckpointMismatchError
 from dferclip_jax.tokenizer import load_tokenizer, tokenize
 
 HF_TINY = FIXTURES / "hf_clip_tiny"

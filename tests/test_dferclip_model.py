@@ -145,6 +145,10 @@ def test_module_outputs_and_inputs(tiny_model):
   assert out["logits"].shape == (2, 3) and out["frame_features"].shape == (2, 4, 32)
   np.testing.assert_allclose(np.linalg.norm(out["video_features"], axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(out["logits"], 100 * out["video_features"] @ out["text_features"].T, rtol=1e-5)
+  # encode_video is the path __call__ takes: the same features, alone.
+  video_features, frame_features = model.apply(variables, video, method="encode_video")
+  np.testing.assert_array_equal(video_features, out["video_features"])
+  np.testing.assert_array_equal(frame_features, out["frame_features"])
   # uint8 input is scaled in the model: the same as float pixels in [0, 1].
   np.testing.assert_allclose(model.apply(variables, video.astype(np.float32) / 255), out["logits"],
                              rtol=1e-5, atol=1e-5)

@@ -164,7 +164,7 @@ def test_missing_detector_says_how_to_install(monkeypatch):
 def test_predict_loads_the_face_crop_of_each_sampled_frame(media):
   from PIL import Image
   from dferclip_jax import predict
-  clip, summary = predict.load_clip(media["still"], 32, 4, faces=extract.FaceStep())
+  clip, summary = predict.read_video_clip(media["still"], 32, 4, faces=extract.FaceStep())
   # 4 segments over 3 frames sample frames 0, 1, 2, 2 (the test loader repeats the last).
   assert clip.shape == (4, 32, 32, 3) and summary["frame_indices"] == [0, 1, 2]
   frame = np.asarray(Image.open(os.path.join(media["still"], "000.png")))

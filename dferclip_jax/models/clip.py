@@ -342,15 +342,7 @@ def clip_param_shapes(model: CLIP):
 
 __all__ = [
     "CLIP", "CLIPConfig", "CLIPTextConfig", "CLIPVisionConfig", "CLIP_MEAN", "CLIP_STD",
-    "eot_positions", "init_clip_params", "clip_param_shapes", "load_clip", "normalize_pixels",
+    "eot_positions", "init_clip_params", "clip_param_shapes", "normalize_pixels",
     "quick_gelu",
 ]
 
-
-def load_clip(name_or_path: str, dtype: Any = jnp.float32, remat: bool = False):
-  """A CLIP from a Hugging Face checkpoint directory or hub id -> ``(model, params)``.
-
-  See ``clip_checkpoint.load_clip`` (defined there to keep file reading out of the model).
-  """
-  from dferclip_jax.models import clip_checkpoint  # local: avoids an import cycle
-  return clip_checkpoint.load_clip(name_or_path, dtype=dtype, remat=remat)

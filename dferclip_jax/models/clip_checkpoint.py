@@ -24,16 +24,13 @@ from flax import serialization, traverse_util
 
 from dferclip_jax.models.clip import CLIP, clip_param_shapes
 from dferclip_jax.models.clip_config import CLIPConfig
+from dferclip_jax.models.param_tree import CheckpointMismatchError, as_float32, check_tree
 
 CONFIG_FILE = "config.json"
 FLAX_WEIGHTS = "flax_model.msgpack"
 SAFETENSORS_WEIGHTS = "model.safetensors"
 PYTORCH_WEIGHTS = "pytorch_model.bin"
 WEIGHT_FILES = (FLAX_WEIGHTS, SAFETENSORS_WEIGHTS, PYTORCH_WEIGHTS)
-
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint's parameter tree does not fit the architecture it claims."""
 
 
 # ----------------------------------------------------------------------------- locating files
@@ -157,33 +154,6 @@ def flax_to_pytorch(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
       leaf = "weight"
     out[".".join(module + (leaf,))] = np.array(value, order="C")  # ascontiguousarray would make 0-d 1-d
   return out
-
-
-# ----------------------------------------------------------------------------- checking trees
-
-
-def check_tree(params: Mapping[str, Any], expected: Mapping[str, Any], source: str) -> None:
-  """Raises CheckpointMismatchError naming every missing, unexpected and mis-shaped key."""
-  got = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(params).items()}
-  want = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(expected).items()}
-  missing = sorted(set(want) - set(got))
-  unexpected = sorted(set(got) - set(want))
-  misshaped = sorted(k for k in set(got) & set(want) if tuple(got[k]) != want[k])
-  if not (missing or unexpected or misshaped):
-    return
-  lines = [f"{source}: the parameters do not fit the architecture"]
-  if missing:
-    lines.append(f"  missing ({len(missing)}): " + ", ".join(missing))
-  if unexpected:
-    lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
-  for k in misshaped:
-    lines.append(f"  mis-shaped: {k}: checkpoint {tuple(got[k])}, expected {want[k]}")
-  raise CheckpointMismatchError("\n".join(lines))
-
-
-def as_float32(params: Mapping[str, Any]) -> dict[str, Any]:
-  return traverse_util.unflatten_dict(
-      {k: np.asarray(v, dtype=np.float32) for k, v in traverse_util.flatten_dict(params).items()})
 
 
 # ----------------------------------------------------------------------------- public API

@@ -29,6 +29,7 @@ import flax.linen as nn
 
 from dferclip_jax.models.clip import CLIP, normalize_pixels
 from dferclip_jax.models.clip_config import CLIPConfig
+from dferclip_jax.models.param_tree import check_tree
 from dferclip_jax.models.prompts import POSITIONS, PromptLearner
 from dferclip_jax.models.temporal import TemporalTransformer
 from dferclip_jax.tokenizer import tokenize
@@ -62,13 +63,22 @@ class DFERCLIP(nn.Module):
     if self.class_token_position not in POSITIONS:
       raise ValueError(f"class_token_position={self.class_token_position!r}: expected one of {POSITIONS}")
     self.clip = CLIP(self.clip_config, dtype=self.dtype, remat=self.remat)
-    self.temporal = TemporalTransformer(self.num_frames, self.temporal_layers, self.temporal_heads,
-                                        self.temporal_dim_head, self.temporal_mlp_dim, self.dtype)
-    self.prompt_learner = PromptLearner(self.num_classes, self.n_ctx, self.class_specific,
-                                        self.class_token_position)
+    self.temporal = self.make_temporal()
+    self.prompt_learner = self.make_prompt_learner()
     self.prompt_ids = self.variable("prompts", "ids", jnp.zeros,
                                     (self.num_classes, self.context_length), jnp.int32)
     self.name_lens = self.variable("prompts", "name_lens", jnp.zeros, (self.num_classes,), jnp.int32)
+
+  # The new parts' modules, built from this model's fields in one place: setup() and
+  # build_dferclip (which initialises them alone, without CLIP) both call these.
+  @nn.nowrap
+  def make_temporal(self) -> TemporalTransformer:
+    return TemporalTransformer(self.num_frames, self.temporal_layers, self.temporal_heads,
+                               self.temporal_dim_head, self.temporal_mlp_dim, self.dtype)
+
+  @nn.nowrap
+  def make_prompt_learner(self) -> PromptLearner:
+    return PromptLearner(self.num_classes, self.n_ctx, self.class_specific, self.class_token_position)
 
   def encode_frames(self, video):
     """[N, T, H, W, 3] in [0, 1] (float) or uint8 in [0, 255] -> per-frame features [N, T, D]."""
@@ -81,8 +91,9 @@ class DFERCLIP(nn.Module):
     return self.clip.encode_image(frames).reshape(n, t, -1)
 
   def encode_video(self, video):
-    """Video -> L2-normalised video features [N, D]."""
-    return l2_normalize(self.temporal(self.encode_frames(video)))
+    """Video -> (L2-normalised video features [N, D], per-frame CLIP features [N, T, D])."""
+    frame_features = self.encode_frames(video)
+    return l2_normalize(self.temporal(frame_features)), frame_features
 
   def encode_prompts(self):
     """The classes' L2-normalised text features [C, D] from the learnable prompts."""
@@ -103,8 +114,7 @@ class DFERCLIP(nn.Module):
     """``text_features``: ``encode_prompts()``'s output, where the caller already has it (it is
     constant for fixed variables: evaluation computes it once, not once per batch)."""
     del train  # no dropout or batch statistics: train and eval compute the same function
-    frame_features = self.encode_frames(video)
-    video_features = l2_normalize(self.temporal(frame_features))
+    video_features, frame_features = self.encode_video(video)
     if text_features is None:
       text_features = self.encode_prompts()
     logits = LOGIT_SCALE * video_features @ text_features.T
@@ -183,17 +193,12 @@ def build_dferclip(clip_config: CLIPConfig, clip_params, class_texts: Sequence[s
     raise ValueError(f"the tokenizer gives id {ids.max()}, outside the CLIP vocabulary of {vocab}")
   t_rng, p_rng = jax.random.split(rng)
   dim = clip_config.projection_dim
-  temporal = TemporalTransformer(model.num_frames, model.temporal_layers, model.temporal_heads,
-                                 model.temporal_dim_head, model.temporal_mlp_dim).init(
-                                     t_rng, jnp.zeros((1, model.num_frames, dim)))["params"]
+  temporal = model.make_temporal().init(t_rng, jnp.zeros((1, model.num_frames, dim)))["params"]
   width = clip_config.text_config.hidden_size
-  prompt_learner = PromptLearner(model.num_classes, model.n_ctx, model.class_specific,
-                                 model.class_token_position).init(
-                                     p_rng, jnp.zeros((model.num_classes, model.context_length, width)),
-                                     jnp.asarray(name_lens))["params"]
+  prompt_learner = model.make_prompt_learner().init(
+      p_rng, jnp.zeros((model.num_classes, model.context_length, width)), jnp.asarray(name_lens))["params"]
   variables = {"params": {"clip": clip_params, "temporal": temporal, "prompt_learner": prompt_learner},
                "prompts": {"ids": ids, "name_lens": name_lens}}
   variables = jax.tree.map(np.asarray, variables)
-  from dferclip_jax.models.clip_checkpoint import check_tree
   check_tree(variables, variable_shapes(model), source="build_dferclip")
   return model, variables

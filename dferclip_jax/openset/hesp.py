@@ -35,6 +35,7 @@ import flax.linen as nn
 from dferclip_jax.models.clip import CLIP, normalize_pixels
 from dferclip_jax.models.clip_config import CLIPConfig
 from dferclip_jax.models.dferclip import l2_normalize, prompt_tokens
+from dferclip_jax.models.param_tree import check_tree
 from dferclip_jax.models.prompts import PromptLearner
 from dferclip_jax.openset.losses import reciprocal_logits
 from dferclip_jax.tokenizer import tokenize
@@ -140,7 +141,6 @@ def build_hesp(clip_config: CLIPConfig, clip_params, class_names: Sequence[str],
   variables = {"params": params, "prompts": {"ids": ids, "name_lens": name_lens},
                "unknown_prompts": {"ids": unknown_ids},
                "patch": {"position": np.full((2,), size // 2, np.int32)}}
-  from dferclip_jax.models.clip_checkpoint import check_tree
   check_tree(variables, shapes, source="build_hesp")
   return model, variables
 

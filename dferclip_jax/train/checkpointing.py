@@ -106,7 +106,7 @@ class Checkpointer:
     ``shardings`` maps the abstract variable tree to target shardings (any mesh); default: all
     on the first device.
     """
-    from dferclip_jax.train.optimizer import merge_params
+    from dferclip_jax.models.param_tree import merge_params
     path = self.directory / str(step) / "state"
     with ocp.PyTreeCheckpointer() as reader:
       stored = reader.metadata(path)

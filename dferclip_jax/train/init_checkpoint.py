@@ -33,7 +33,7 @@ from absl import logging
 
 from dferclip_jax import evaluation, export
 from dferclip_jax.data import class_orders
-from dferclip_jax.models.clip_checkpoint import check_tree
+from dferclip_jax.models.param_tree import check_tree
 from dferclip_jax.models.dferclip import DFERCLIP, prompt_text_length, prompt_tokens, variable_shapes
 from dferclip_jax.models.prompts import PromptLearner
 from dferclip_jax.tokenizer import load_tokenizer

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-FROZEN = "frozen"
+from dferclip_jax.models.param_tree import FROZEN, split_params
 
 
 def param_path(path: tuple[str, ...]) -> str:
@@ -50,20 +50,6 @@ def assign_groups(params: Mapping[str, Any], groups: Mapping[str, str]) -> dict[
   if unused:
     raise ValueError(f"config.optim.groups: {unused} match no parameter (check the regexes)")
   return assignment
-
-
-def split_params(params, assignment):
-  """-> (trainable, frozen) nested dicts; merge them back with ``merge_params``."""
-  flat = traverse_util.flatten_dict(params)
-  trainable = {k: v for k, v in flat.items() if assignment[k] != FROZEN}
-  frozen = {k: v for k, v in flat.items() if assignment[k] == FROZEN}
-  return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
-
-
-def merge_params(trainable, frozen):
-  flat = dict(traverse_util.flatten_dict(frozen))
-  flat.update(traverse_util.flatten_dict(trainable))
-  return traverse_util.unflatten_dict(flat)
 
 
 def step_schedule(lr: float, milestones_epochs: Sequence[int], gamma: float, steps_per_epoch: int):

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dferclip_jax.train.optimizer import global_norm, merge_params
+from dferclip_jax.models.param_tree import merge_params
+from dferclip_jax.train.optimizer import global_norm
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
