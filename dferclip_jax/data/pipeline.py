@@ -56,22 +56,13 @@ def _hide_accelerators_from_tf() -> None:
 _hide_accelerators_from_tf()
 
 
-# Lists of records already turned into sources: evaluation runs every epoch on the same list,
-# and building a FolderSource lists every folder.
-_SOURCE_CACHE: dict[tuple[ClipRecord, ...], FolderSource] = {}
-_SOURCE_CACHE_SIZE = 4
-
-
 def as_source(source: Source) -> FolderSource | TfdsSource:
-  """A list of ``ClipRecord`` becomes a ``FolderSource`` (built once per list); sources pass."""
+  """Sources pass; a list of ``ClipRecord`` becomes a ``FolderSource``, which lists every folder
+  on each call: what reads a list more than once (the trainer, evaluation every epoch) holds a
+  built source (``data_setup.DataBundle``, ``sources.open_annotation_list``)."""
   if isinstance(source, (FolderSource, TfdsSource)):
     return source
-  key = tuple(source)
-  if key not in _SOURCE_CACHE:
-    while len(_SOURCE_CACHE) >= _SOURCE_CACHE_SIZE:
-      _SOURCE_CACHE.pop(next(iter(_SOURCE_CACHE)))
-    _SOURCE_CACHE[key] = FolderSource(key)
-  return _SOURCE_CACHE[key]
+  return FolderSource(source)
 
 
 def tfds_sources(name: str, train_split: str | None, test_split: str, *,
