@@ -166,7 +166,7 @@ def read_annotation_list(
       continue
     if len(names) < count:
       bad(line, raw, f"field num_frames: {count} frames declared but {folder} holds "
-          f"{len(names)} frame images ({'/'.join(frames_lib.FRAME_SUFFIXES)})")
+          f"{len(names)} frame images ({frames_lib.FRAME_SUFFIXES_TEXT})")
       continue
     if frame_names is not None:
       frame_names[folder] = names

@@ -45,8 +45,6 @@ DFEW_FRAMES = ("clip_224x224", "clip_224x224_16f")
 # is read. (The frame file names inside data/frames/ are an assumption: no public source shows
 # them; any name the frame rule accepts works, in natural order.)
 MAFW_FRAMES = ("data/frames", "data/faces")
-# Split files sometimes name the source videos rather than the frame folders.
-_VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 # Other spellings of the same folders: DFEW's README names its archives "train(single_labeled)"
 # while copies in use hold "train(single-labeled)"; MAFW's publisher spells its split folder
 # "Train & Test Set/", and MAE-DFER's copy renames it "split/". Preferred spelling first.
@@ -203,7 +201,7 @@ def read_native(dataset: str, root: str | os.PathLike, *, fold: int | None = Non
         problems.append(Problem(**where, kind=kind, reason=f"no folder {os.path.join(root, clip)}"))
       elif num_frames == 0:
         problems.append(Problem(**where, kind="empty",
-                                reason=f"no {'/'.join(frames_lib.FRAME_SUFFIXES)} files"))
+                                reason=f"no {frames_lib.FRAME_SUFFIXES_TEXT} files"))
       else:
         if frames_lib.string_order_differs(frame_files):
           reordered[clip] = None
@@ -327,7 +325,7 @@ def _describe(vocabulary: Mapping) -> str:
 
 def _strip_video_suffix(name: str) -> str:
   stem, suffix = os.path.splitext(name.strip())
-  return stem if suffix.lower() in _VIDEO_SUFFIXES else name.strip()
+  return stem if suffix.lower() in frames_lib.VIDEO_SUFFIXES else name.strip()
 
 
 def _padded(video: str) -> tuple[str, ...]:
