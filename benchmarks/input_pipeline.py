@@ -22,7 +22,7 @@ from absl import app, flags
 
 import common  # noqa: F401  (sets sys.path and quiet logging first)
 
-from dferclip_jax.data import annotations, pipeline, synthetic
+from dferclip_jax.data import pipeline, sources, synthetic
 
 flags.DEFINE_string("list", None, "Annotation list to read (default: generated data).")
 flags.DEFINE_string("root", None, "Root of the list's relative paths (default: cwd).")
@@ -65,8 +65,8 @@ def main(argv):
   else:
     list_file, root, num_classes = f.list, f.root, f.num_classes
   prepare_s = time.perf_counter() - start
-  records, _ = annotations.read_annotation_list(list_file, num_classes, root=root)
-  batches = pipeline.train_batches(records, augmentation=f.augmentation, batch_size=f.batch,
+  source, _ = sources.open_annotation_list(list_file, num_classes, root=root)
+  batches = pipeline.train_batches(source, augmentation=f.augmentation, batch_size=f.batch,
                                    image_size=f.image_size, num_frames=f.frames, seed=0)
   for _ in range(f.warmup):
     batch = next(batches)
@@ -94,7 +94,7 @@ def main(argv):
       "dtype": str(batch["video"].dtype),
       "augmentation": f.augmentation,
       "steps": f.steps,
-      "clips_in_list": len(records),
+      "clips_in_list": len(source),
       "data": "generated 24 JPEG frames of 224x224 per clip" if generated else list_file,
       "data_prepare_s": round(prepare_s, 1),
       "h100_vitb32_clips_per_s": H100_VITB32_CLIPS_PER_S,

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 import jax
 import numpy as np
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+from dferclip_jax.data.frames import VIDEO_SUFFIXES
 
 
 class InputError(ValueError):
@@ -78,7 +78,7 @@ def read_video_clip(path: str, image_size: int, num_frames: int, num_clips: int 
   if os.path.isdir(path):
     names = frames_lib.list_frames(path)
     if not names:
-      raise InputError(f"{path}: the folder holds no .jpg/.jpeg/.png frames")
+      raise InputError(f"{path}: the folder holds no {frames_lib.FRAME_SUFFIXES_TEXT} frames")
     source = sources.FolderSource([ClipRecord(os.path.abspath(path), len(names), 0, source=path)])
     count, _, handle = source.fetch(0)
     try:

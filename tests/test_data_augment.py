@@ -6,6 +6,7 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance
 
 from dferclip_jax.data import augment
+from dferclip_jax.data import seeds
 
 SEED = tf.constant([3, 11], tf.int64)
 
@@ -78,18 +79,18 @@ def test_training_transform_equals_the_official_order_in_pil(kind):
   for seed in range(6):
     key = tf.constant([seed, 9], tf.int64)
     got = augment.augment_clip_uint8(frames, kind, 24, key).numpy()
-    crop_key = augment._sub(key, augment._CROP)
+    crop_key = seeds.sub(key, seeds.Clip.CROP)
     y, x, h, w, found = (int(v) for v in augment.random_sized_crop_box(37, 50, crop_key, 24))
     flip = bool(augment.random_flip(tf.constant([[[[0.0], [1.0]]]]),
-                                    augment._sub(key, augment._FLIP)).numpy()[0, 0, 0, 0])
+                                    seeds.sub(key, seeds.Clip.FLIP)).numpy()[0, 0, 0, 0])
     assert found
     for t in range(2):
       image = Image.fromarray(frames[t])
       if kind == "dfew":
-        factor = float(augment.brightness_factor(augment._sub(key, augment._BRIGHTNESS)))
+        factor = float(augment.brightness_factor(seeds.sub(key, seeds.Clip.BRIGHTNESS)))
         image = ImageEnhance.Brightness(image).enhance(np.float32(factor))
       if kind == "ferv39k":
-        image = image.rotate(float(augment.rotation_angle(augment._sub(key, augment._ROTATION))))
+        image = image.rotate(float(augment.rotation_angle(seeds.sub(key, seeds.Clip.ROTATION))))
       image = image.crop((x, y, x + w, y + h)).resize((24, 24), Image.BILINEAR)
       if flip:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dferclip_jax.cli import faces as faces_cli
-from dferclip_jax.data import class_orders
+from dferclip_jax.data import class_orders, frames
 from dferclip_jax.faces import extract, labels, tracking
 
 
@@ -65,8 +65,8 @@ def test_crop_past_the_edge_is_black():
 
 
 def test_frame_names_are_zero_padded():
-  assert extract.frame_name(7, 16) == "00007.jpg"
-  assert extract.frame_name(7, 123456) == "000007.jpg"
+  assert frames.frame_file_name(7, 16) == "00007.jpg"
+  assert frames.frame_file_name(7, 123456) == "000007.jpg"
 
 
 def test_settings_are_checked():

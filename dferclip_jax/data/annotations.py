@@ -97,8 +97,9 @@ def read_annotation_list(
     on_bad_clip: "error" raises on the first bad line; "skip" leaves bad lines out and reports
       them in the second return value.
     class_names: the configured class order; a ``classes.txt`` beside the list must agree.
-    frame_names: optional cache, filled with resolved folder -> sorted frame names, so that
-      ``sources.FolderSource`` does not list every folder a second time.
+    frame_names: optional dict, filled with resolved folder -> sorted frame names, so that
+      ``sources.FolderSource`` does not list every folder a second time
+      (``sources.open_annotation_list`` passes it on).
 
   Returns:
     Records with absolute folder paths, the declared frame counts and the list's labels, each
@@ -165,7 +166,7 @@ def read_annotation_list(
       continue
     if len(names) < count:
       bad(line, raw, f"field num_frames: {count} frames declared but {folder} holds "
-          f"{len(names)} frame images ({'/'.join(frames_lib.FRAME_SUFFIXES)})")
+          f"{len(names)} frame images ({frames_lib.FRAME_SUFFIXES_TEXT})")
       continue
     if frame_names is not None:
       frame_names[folder] = names

@@ -35,7 +35,7 @@ pixel) and rotation (a per-pixel source lookup) are computed for the crop window
 flip mirrors the uint8 result (flipping commutes with rounding).
 
 Randomness: every draw is a stateless function of the clip seed (shape [2] int64), each op with
-its own sub-seed, so a clip's augmentation depends only on (seed, position in the stream).
+its own stream of the table in ``seeds``, so a clip's augmentation depends only on (seed, position in the stream).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import math
 
 import tensorflow as tf
 
-from dferclip_jax.data import datasets
+from dferclip_jax.data import datasets, seeds
 
 KINDS = datasets.AUGMENTATIONS  # dfew, ferv39k, mafw, hesp, none
 BRIGHTNESS = 0.5
@@ -52,10 +52,6 @@ ROTATION_DEGREES = 4.0
 CROP_AREA = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_TRIES = 10
-
-# Sub-seed ids: one per random op (0 is the frame sampler's, see pipeline).
-_BRIGHTNESS, _ROTATION, _CROP, _FLIP = 1, 2, 3, 4
-
 
 def augment_clip(frames: tf.Tensor, kind: str, size: int, seed) -> tf.Tensor:
   """The training transform of ``kind`` (one of ``KINDS``) -> float32 in [0, 1]."""
@@ -76,10 +72,11 @@ def augment_clip_uint8(frames: tf.Tensor, kind: str, size: int, seed) -> tf.Tens
   seed = tf.cast(seed, tf.int64)
   if kind == "hesp":  # resize first, so the crop is drawn on the size x size frame
     frames = resize_clip_uint8(frames, size)
-  angle = rotation_angle(_sub(seed, _ROTATION)) if kind == "ferv39k" else None
-  factor = brightness_factor(_sub(seed, _BRIGHTNESS)) if kind == "dfew" else None
-  video = random_sized_crop(frames, size, _sub(seed, _CROP), brightness=factor, rotation=angle)
-  return random_flip(quantize(video), _sub(seed, _FLIP))
+  angle = rotation_angle(seeds.sub(seed, seeds.Clip.ROTATION)) if kind == "ferv39k" else None
+  factor = brightness_factor(seeds.sub(seed, seeds.Clip.BRIGHTNESS)) if kind == "dfew" else None
+  video = random_sized_crop(frames, size, seeds.sub(seed, seeds.Clip.CROP), brightness=factor,
+                            rotation=angle)
+  return random_flip(quantize(video), seeds.sub(seed, seeds.Clip.FLIP))
 
 
 def resize_clip_uint8(frames: tf.Tensor, size: int) -> tf.Tensor:
@@ -188,11 +185,13 @@ def random_sized_crop_box(height, width, seed, size: int) -> tuple[tf.Tensor, ..
   seed = tf.cast(seed, tf.int64)
   h_in, w_in = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
   area = tf.cast(h_in * w_in, tf.float64)
-  target = tf.random.stateless_uniform([CROP_TRIES], seed=_sub(seed, 0), minval=CROP_AREA[0],
-                                       maxval=CROP_AREA[1], dtype=tf.float64) * area
-  ratio = tf.random.stateless_uniform([CROP_TRIES], seed=_sub(seed, 1), minval=CROP_RATIO[0],
-                                      maxval=CROP_RATIO[1], dtype=tf.float64)
-  swap = tf.random.stateless_uniform([CROP_TRIES], seed=_sub(seed, 2), dtype=tf.float64) < 0.5
+  target = tf.random.stateless_uniform([CROP_TRIES], seed=seeds.sub(seed, seeds.Crop.AREA),
+                                       minval=CROP_AREA[0], maxval=CROP_AREA[1],
+                                       dtype=tf.float64) * area
+  ratio = tf.random.stateless_uniform([CROP_TRIES], seed=seeds.sub(seed, seeds.Crop.RATIO),
+                                      minval=CROP_RATIO[0], maxval=CROP_RATIO[1], dtype=tf.float64)
+  swap = tf.random.stateless_uniform([CROP_TRIES], seed=seeds.sub(seed, seeds.Crop.SWAP),
+                                     dtype=tf.float64) < 0.5
   # tf.round rounds half to even, as Python's round() does.
   w = tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32)
   h = tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32)
@@ -202,8 +201,8 @@ def random_sized_crop_box(height, width, seed, size: int) -> tuple[tf.Tensor, ..
   first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
   # A crop is at least one pixel (the official one would fail on frames of a few pixels).
   w, h = tf.maximum(w[first], 1), tf.maximum(h[first], 1)
-  x = _randint(_sub(seed, 3), w_in - w)
-  y = _randint(_sub(seed, 4), h_in - h)
+  x = _randint(seeds.sub(seed, seeds.Crop.X), w_in - w)
+  y = _randint(seeds.sub(seed, seeds.Crop.Y), h_in - h)
   return y, x, h, w, found
 
 
@@ -237,8 +236,8 @@ def random_sized_crop(frames: tf.Tensor, size: int, seed, *, brightness=None,
     new_h = tf.where(width <= height, scaled_long, size)
     new_w = tf.where(width <= height, size, scaled_long)
     resized = _resize(window(0, 0, height, width), new_h, new_w)
-    fy = _randint(_sub(seed, 5), new_h - size)
-    fx = _randint(_sub(seed, 6), new_w - size)
+    fy = _randint(seeds.sub(seed, seeds.Crop.FILL_Y), new_h - size)
+    fx = _randint(seeds.sub(seed, seeds.Crop.FILL_X), new_w - size)
     return resized[:, fy:fy + size, fx:fx + size]
 
   out = tf.cond(found, crop_then_resize, fallback)
@@ -275,6 +274,3 @@ def _randint(seed: tf.Tensor, high) -> tf.Tensor:
   high = tf.maximum(tf.cast(high, tf.int32), 0)
   return tf.random.stateless_uniform([], seed=seed, minval=0, maxval=high + 1, dtype=tf.int32)
 
-
-def _sub(seed: tf.Tensor, purpose: int) -> tf.Tensor:
-  return tf.random.experimental.stateless_fold_in(seed, purpose)

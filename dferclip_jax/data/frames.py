@@ -1,4 +1,4 @@
-"""Which files in a clip folder are frames, and in what order.
+"""Which files in a clip folder are frames, in what order, and how we name the frames we write.
 
 One rule for every reader (annotation lists, the native layouts, the TFDS builders, predict): a
 frame is a regular file directly in the clip folder whose name ends in ``.jpg``, ``.jpeg`` or
@@ -10,6 +10,11 @@ Frames are ordered by name with numbers compared as numbers ("natural" order: ``
 padding, and the official loader's plain string sort reads such a clip as 1, 10, 11, ..., 16, 2,
 ..., 9: scrambled time, with no error. On zero-padded names (``00001.jpg``) both orders agree, so
 where the official loader is right we read what it reads.
+
+Frames we write (face crops, the synthetic data) are named ``frame_file_name``: zero-padded, so
+name order, natural order and the official string order all agree. Video files are recognized by
+``VIDEO_SUFFIXES`` (predict and the face step read them; split files that name videos are mapped
+to their frame folders).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import re
 from typing import Iterable, Mapping
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+FRAME_SUFFIXES_TEXT = "/".join(FRAME_SUFFIXES)  # ".jpg/.jpeg/.png", for messages
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 # Listing is I/O bound (and slow on network file systems): list folders from a thread pool.
 _LIST_THREADS = 16
@@ -30,6 +37,12 @@ _DIGITS = re.compile(r"[0-9]+")
 
 def is_frame_name(name: str) -> bool:
   return not name.startswith(".") and name.lower().endswith(FRAME_SUFFIXES)
+
+
+def frame_file_name(index: int, num_frames: int) -> str:
+  """The name of frame ``index`` of ``num_frames`` that we write: at least 5 digits, enough for
+  the last index, so that every order of the names is time order."""
+  return f"{index:0{max(5, len(str(num_frames - 1)))}d}.jpg"
 
 
 def natural_key(name: str) -> tuple[str, str]:

@@ -40,8 +40,6 @@ from dferclip_jax.data.records import ClipRecord
 # DFEW ships two face-crop renderings: all frames (the default, what DFER-CLIP used) and 16
 # frames per clip resampled by time interpolation.
 DFEW_FRAMES = ("clip_224x224", "clip_224x224_16f")
-# Split files sometimes name the source videos rather than the frame folders.
-_VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 _FERV39K_FRAMES = datasets.get("ferv39k").frames_dirs[0]
 _HEADER_WORDS = {"label", "labels", "class", "classname", "emotion", "expression", "category"}
 
@@ -190,7 +188,7 @@ def read_native(dataset: str, root: str | os.PathLike, *, fold: int | None = Non
         problems.append(Problem(**where, kind=kind, reason=f"no folder {os.path.join(root, clip)}"))
       elif num_frames == 0:
         problems.append(Problem(**where, kind="empty",
-                                reason=f"no {'/'.join(frames_lib.FRAME_SUFFIXES)} files"))
+                                reason=f"no {frames_lib.FRAME_SUFFIXES_TEXT} files"))
       else:
         if frames_lib.string_order_differs(frame_files):
           reordered[clip] = None
@@ -314,7 +312,7 @@ def _describe(vocabulary: Mapping) -> str:
 
 def _strip_video_suffix(name: str) -> str:
   stem, suffix = os.path.splitext(name.strip())
-  return stem if suffix.lower() in _VIDEO_SUFFIXES else name.strip()
+  return stem if suffix.lower() in frames_lib.VIDEO_SUFFIXES else name.strip()
 
 
 def _padded(video: str) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ batch ``s`` holds positions ``[s * G, (s + 1) * G)`` with ``G = batch_size * pro
 ``perm_e(p mod n)`` of epoch ``e = p // n``, where ``perm_e`` is a full permutation of the ``n``
 clips drawn from (seed, e) (``tf.random.experimental.index_shuffle``: shuffle before repeat, every
 clip once per epoch, no shuffle buffer). The clip's frame sampling and augmentation are drawn from
-(seed, p). Nothing depends on what was read before, so ``start_step=k`` yields exactly the
+(seed, p); ``seeds`` names every such stream. Nothing depends on what was read before, so ``start_step=k`` yields exactly the
 batches an uninterrupted run yields from step ``k`` without replaying anything, and the global
 batch at a step is the same for any number of hosts.
 
@@ -36,16 +36,13 @@ import tensorflow as tf
 
 from dferclip_jax.data import augment
 from dferclip_jax.data import sampling
+from dferclip_jax.data import seeds
 from dferclip_jax.data import sources as sources_lib
 from dferclip_jax.data.records import ClipRecord
 from dferclip_jax.data.sources import ClipDataError, FolderSource, TfdsSource
 
 AUGMENTATIONS = augment.KINDS
 Source = FolderSource | TfdsSource | Sequence[ClipRecord]
-
-# Domain separators under the user's seed: epoch permutations and per-clip draws never share a key.
-_PERMUTATION, _CLIP = 1, 2
-_SAMPLING = 0  # sub-seed of a clip's seed for its frame indices (augment uses 1..4)
 
 
 def _hide_accelerators_from_tf() -> None:
@@ -59,22 +56,13 @@ def _hide_accelerators_from_tf() -> None:
 _hide_accelerators_from_tf()
 
 
-# Lists of records already turned into sources: evaluation runs every epoch on the same list,
-# and building a FolderSource lists every folder.
-_SOURCE_CACHE: dict[tuple[ClipRecord, ...], FolderSource] = {}
-_SOURCE_CACHE_SIZE = 4
-
-
 def as_source(source: Source) -> FolderSource | TfdsSource:
-  """A list of ``ClipRecord`` becomes a ``FolderSource`` (built once per list); sources pass."""
+  """Sources pass; a list of ``ClipRecord`` becomes a ``FolderSource``, which lists every folder
+  on each call: what reads a list more than once (the trainer, evaluation every epoch) holds a
+  built source (``data_setup.DataBundle``, ``sources.open_annotation_list``)."""
   if isinstance(source, (FolderSource, TfdsSource)):
     return source
-  key = tuple(source)
-  if key not in _SOURCE_CACHE:
-    while len(_SOURCE_CACHE) >= _SOURCE_CACHE_SIZE:
-      _SOURCE_CACHE.pop(next(iter(_SOURCE_CACHE)))
-    _SOURCE_CACHE[key] = FolderSource(key)
-  return _SOURCE_CACHE[key]
+  return FolderSource(source)
 
 
 def tfds_sources(name: str, train_split: str | None, test_split: str, *,
@@ -119,18 +107,15 @@ def example_at(position, num_examples: int, seed: int) -> tf.Tensor:
   if position.shape.rank:
     return tf.map_fn(lambda p: example_at(p, num_examples, seed), position)
   epoch = position // num_examples
-  key = tf.random.experimental.stateless_fold_in(_key(seed, _PERMUTATION), epoch)
+  key = seeds.sub(seeds.key(seed, seeds.Root.PERMUTATION), epoch)
   return tf.random.experimental.index_shuffle(position % num_examples, key,
                                               tf.constant(num_examples - 1, tf.int64))
 
 
 def clip_seed(position, seed: int) -> tf.Tensor:
-  """The stateless seed ([2] int64) of all random draws for the clip at ``position``."""
-  return tf.random.experimental.stateless_fold_in(_key(seed, _CLIP), tf.cast(position, tf.int64))
-
-
-def _key(seed: int, domain: int) -> tf.Tensor:
-  return tf.constant([seed, domain], tf.int64)
+  """The stateless seed ([2] int64) of all random draws for the clip at ``position``: the
+  streams of ``seeds.Clip`` hang under it."""
+  return seeds.sub(seeds.key(seed, seeds.Root.CLIP), tf.cast(position, tf.int64))
 
 
 def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
@@ -182,9 +167,8 @@ def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_s
     example = tf.gather(replacement, example_at(p, n, seed))
     key = clip_seed(p, seed)
     count, label, handle = source.fetch(example)
-    sampling_seed = tf.random.experimental.stateless_fold_in(key, _SAMPLING)
-    indices = sampling.train_indices(count, sampling_seed, num_segments=num_frames,
-                                     short_clips=short_clips)
+    indices = sampling.train_indices(count, seeds.sub(key, seeds.Clip.SAMPLING),
+                                     num_segments=num_frames, short_clips=short_clips)
     frames = sources_lib.decode_frames(*source.frames(handle, indices))
     video = augment.augment_clip_uint8(frames, augmentation, image_size, key)
     video = tf.ensure_shape(video, [num_frames, image_size, image_size, 3])

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from dferclip_jax.data import seeds
+
 
 SHORT_CLIPS = ("edge", "first")
 
@@ -38,7 +40,7 @@ def train_indices(num_frames, seed, *, num_segments: int = 16, duration: int = 1
                   short_clips: str = "edge") -> tf.Tensor:
   """Frame indices for one training clip: int32 ``[num_segments * duration]``.
 
-  ``seed``: a stateless seed, shape [2] int64.
+  ``seed``: a stateless seed, shape [2] int64 (the clip key's ``seeds.Clip.SAMPLING`` stream).
   """
   _check(num_segments, duration, short_clips)
   n = tf.cast(num_frames, tf.int32)
@@ -47,12 +49,13 @@ def train_indices(num_frames, seed, *, num_segments: int = 16, duration: int = 1
   average = span // num_segments
   segments = tf.range(num_segments, dtype=tf.int32)
   # Both random branches are drawn and the valid one selected: cheaper than a cond, and each
-  # branch keeps its own sub-seed so adding one never shifts the other's draws.
-  jitter = tf.random.stateless_uniform([num_segments], seed=_sub(seed, 0), minval=0,
-                                       maxval=tf.maximum(average, 1), dtype=tf.int32)
+  # branch keeps its own stream (seeds.Sampling).
+  jitter = tf.random.stateless_uniform([num_segments], seed=seeds.sub(seed, seeds.Sampling.JITTER),
+                                       minval=0, maxval=tf.maximum(average, 1), dtype=tf.int32)
   spread = segments * average + jitter
-  scattered = tf.sort(tf.random.stateless_uniform([num_segments], seed=_sub(seed, 1), minval=0,
-                                                  maxval=tf.maximum(span, 1), dtype=tf.int32))
+  scattered = tf.sort(tf.random.stateless_uniform(
+      [num_segments], seed=seeds.sub(seed, seeds.Sampling.SCATTER), minval=0,
+      maxval=tf.maximum(span, 1), dtype=tf.int32))
   offsets = tf.where(average > 0, spread,
                      tf.where(n > num_segments, scattered, _short(n, num_segments, short_clips)))
   return _expand(offsets, n, duration)
@@ -96,10 +99,6 @@ def _expand(offsets: tf.Tensor, n: tf.Tensor, duration: int) -> tf.Tensor:
   steps = tf.range(duration, dtype=tf.int32)
   frames = tf.minimum(offsets[..., None] + steps, tf.maximum(offsets[..., None], n - 1))
   return tf.reshape(frames, tf.concat([tf.shape(offsets)[:-1], [-1]], 0))
-
-
-def _sub(seed: tf.Tensor, purpose: int) -> tf.Tensor:
-  return tf.random.experimental.stateless_fold_in(seed, purpose)
 
 
 def _check(num_segments: int, duration: int, short_clips: str = "edge") -> None:

@@ -7,7 +7,10 @@ The pipeline asks a source three things, all by example index (the position in t
     raises ``ClipDataError`` naming the file (or TFDS record) that is broken.
 
 ``FolderSource`` keeps a table of every clip's sorted frame names and reads files with
-``tf.io.read_file`` (no Python, no GIL). ``TfdsSource`` reads an ArrayRecord TFDS split through
+``tf.io.read_file`` (no Python, no GIL). ``open_annotation_list`` builds one from a list: each
+folder is listed once, when the list is validated, and the source keeps that listing (``subset``
+builds sources over some of its clips, e.g. a held-out split, without listing again).
+``TfdsSource`` reads an ArrayRecord TFDS split through
 ``tfds.data_source`` random access (one Python call per clip), so both sources give the same
 examples at the same indices and the pipeline's index-derived order and randomness (exact resume)
 apply to both. The frames are the original encoded bytes either way: same pixels, same batches.
@@ -16,11 +19,12 @@ apply to both. The frames are the original encoded bytes either way: same pixels
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from dferclip_jax.data import annotations
 from dferclip_jax.data import frames as frames_lib
 from dferclip_jax.data.records import ClipRecord
 
@@ -38,9 +42,9 @@ class FolderSource:
   """Clips as frame folders. ``records`` have absolute (or cwd-relative) folder paths."""
 
   def __init__(self, records: Sequence[ClipRecord],
-               frame_names: dict[str, tuple[str, ...]] | None = None):
-    """``frame_names``: folder -> sorted frame names, e.g. the cache ``read_annotation_list``
-    filled; folders not in it are listed now."""
+               frame_names: Mapping[str, tuple[str, ...] | None] | None = None):
+    """``frame_names``: folder -> sorted frame names (``frames.list_many``), e.g. the listing
+    ``read_annotation_list`` made while validating; folders not in it are listed now."""
     if not records:
       raise ValueError("no clips: the source is empty")
     self.records = tuple(records)
@@ -57,6 +61,7 @@ class FolderSource:
                             f"{record.path} holds {len(listed)}")
       offsets.append(len(names))
       names.extend(listed[:record.num_frames])  # only these can be sampled
+    self.frame_names = {r.path: known[r.path] for r in self.records}  # for ``subset``
     self._folders = tf.constant([r.path.rstrip("/\\") + "/" for r in self.records])
     self._offsets = tf.constant(offsets, tf.int64)
     self._counts = tf.constant([r.num_frames for r in self.records], tf.int32)
@@ -67,6 +72,11 @@ class FolderSource:
 
   def __len__(self) -> int:
     return len(self.records)
+
+  def subset(self, records: Sequence[ClipRecord]) -> FolderSource:
+    """A source over ``records``, clips of this source's folders (possibly relabelled), built
+    from this source's listing: no folder is read again. A folder it does not hold is listed."""
+    return FolderSource(records, self.frame_names)
 
   @property
   def labels(self) -> np.ndarray:
@@ -103,6 +113,16 @@ class FolderSource:
 
   def check_clip(self, example: int) -> None:
     _check_frames(self.describe(example), self.clip_frames(example))
+
+
+def open_annotation_list(path, num_classes: int, **options
+                         ) -> tuple[FolderSource, list[annotations.SkippedClip]]:
+  """Reads and validates an annotation list (``annotations.read_annotation_list``, same
+  arguments and errors) -> (its source, the skipped lines). Each folder is listed once."""
+  listed: dict[str, tuple[str, ...]] = {}
+  records, skipped = annotations.read_annotation_list(path, num_classes, frame_names=listed,
+                                                      **options)
+  return FolderSource(records, listed), skipped
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from dferclip_jax.data import frames as frames_lib
+from dferclip_jax.data.frames import VIDEO_SUFFIXES
 from dferclip_jax.faces import tracking
-from dferclip_jax.predict import VIDEO_SUFFIXES
 
 
 class FaceError(ValueError):
@@ -54,10 +55,9 @@ def iter_frames(path: str) -> Iterator[np.ndarray]:
   """uint8 [H, W, 3] frames of a video file or a frame folder, in order; FaceError if unreadable."""
   if os.path.isdir(path):
     from PIL import Image
-    from dferclip_jax.data import frames as frames_lib
     names = frames_lib.list_frames(path)
     if not names:
-      raise FaceError(f"{path}: the folder holds no .jpg/.jpeg/.png frames")
+      raise FaceError(f"{path}: the folder holds no {frames_lib.FRAME_SUFFIXES_TEXT} frames")
     for name in names:
       try:
         with Image.open(os.path.join(path, name)) as image:
@@ -125,10 +125,6 @@ def crop(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
   return np.asarray(image.resize((size, size), Image.BILINEAR))
 
 
-def frame_name(index: int, num_frames: int) -> str:
-  return f"{index:0{max(5, len(str(num_frames - 1)))}d}.jpg"
-
-
 def extract_clip(path: str, out_dir: str, detector, settings: FaceSettings) -> dict:
   """Detects, plans and writes ``out_dir/00000.jpg ...``; returns the ``faces.jsonl`` record.
 
@@ -146,7 +142,7 @@ def extract_clip(path: str, out_dir: str, detector, settings: FaceSettings) -> d
     if t >= len(track.boxes):
       raise FaceError(f"{path}: more frames on the second read than on the first ({t + 1})")
     Image.fromarray(crop(frame, track.boxes[t], settings.size)).save(
-        os.path.join(partial, frame_name(t, len(track.boxes))), quality=settings.jpeg_quality)
+        os.path.join(partial, frames_lib.frame_file_name(t, len(track.boxes))), quality=settings.jpeg_quality)
     written += 1
   if written != len(track.boxes):
     raise FaceError(f"{path}: {written} frames on the second read, {len(track.boxes)} on the first")

@@ -21,7 +21,7 @@ import os
 from typing import Sequence
 
 from dferclip_jax.data import textfiles
-from dferclip_jax.faces.extract import VIDEO_SUFFIXES
+from dferclip_jax.data.frames import VIDEO_SUFFIXES
 
 SPLITS = ("train", "test")
 

@@ -68,11 +68,11 @@ def open_set_scores(known_scores, unknown_scores, known_labels, use_softmax: boo
   return out
 
 
-def _score(fn, variables, records, image_size, num_frames, batch, mesh, short_clips="edge"):
-  batches = pipeline.eval_batches(records, batch_size=batch, image_size=image_size,
+def _score(fn, variables, source, image_size, num_frames, batch, mesh, short_clips="edge"):
+  batches = pipeline.eval_batches(source, batch_size=batch, image_size=image_size,
                                   num_frames=num_frames, process_index=jax.process_index(),
                                   process_count=jax.process_count(), short_clips=short_clips)
-  return evaluation.collect_outputs(fn, variables, batches, mesh, len(records))
+  return evaluation.collect_outputs(fn, variables, batches, mesh, len(source))
 
 
 def _evaluate(fn, variables, data: splits_lib.OpenSetData, image_size, num_frames, batch, mesh,
@@ -80,7 +80,7 @@ def _evaluate(fn, variables, data: splits_lib.OpenSetData, image_size, num_frame
   short = "first" if official else "edge"
   known = _score(fn, variables, data.test_known, image_size, num_frames, batch, mesh, short)
   unknown = _score(fn, variables, data.test_unknown, image_size, num_frames, batch, mesh, short)
-  return open_set_scores(known, unknown, [r.label for r in data.test_known], use_softmax, official)
+  return open_set_scores(known, unknown, data.test_known.labels, use_softmax, official)
 
 
 def prompt_words(config, known_names) -> tuple[str, ...]:
@@ -257,7 +257,7 @@ def run_openset(config, workdir: str | Path) -> dict:
   logged = {r.get("split") for r in reporting.read_metrics(workdir)}
   for k in indices:
     known = splits_lib.known_class_names(o.hesp_dataset, k)
-    data = splits_lib.split_records(full.train_source, full.test_source, config.class_names, known)
+    data = splits_lib.split_sources(full.train_source, full.test_source, config.class_names, known)
     sub = workdir / f"split_{k:02d}"
     done = sub / "openset.json"
     if done.is_file():

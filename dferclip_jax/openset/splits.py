@@ -12,10 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from dferclip_jax.data import class_orders
 from dferclip_jax.data.records import ClipRecord
+
+if TYPE_CHECKING:  # only a type here: the split tables need no TensorFlow
+  from dferclip_jax.data.sources import FolderSource
 
 SPLITS_FILE = Path(__file__).resolve().parents[2] / "data" / "openset" / "hesp_splits.json"
 
@@ -40,10 +43,11 @@ def known_class_names(dataset: str, split: int) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class OpenSetData:
+  """One split's clips: record lists (``split_records``) or built sources (``split_sources``)."""
   known_names: tuple[str, ...]
-  train: list[ClipRecord]          # known classes only, labels 0..K-1
-  test_known: list[ClipRecord]     # labels 0..K-1
-  test_unknown: list[ClipRecord]   # labels: their class in the full order (not used for scoring)
+  train: list[ClipRecord] | FolderSource         # known classes only, labels 0..K-1
+  test_known: list[ClipRecord] | FolderSource    # labels 0..K-1
+  test_unknown: list[ClipRecord] | FolderSource  # labels: their class in the full order (unscored)
 
 
 def split_records(train: Sequence[ClipRecord], test: Sequence[ClipRecord], class_names: Sequence[str],
@@ -62,3 +66,13 @@ def split_records(train: Sequence[ClipRecord], test: Sequence[ClipRecord], class
     if not records:
       raise ValueError(f"the split with known classes {list(known_names)} has no {name} clips")
   return data
+
+
+def split_sources(train: FolderSource, test: FolderSource, class_names: Sequence[str],
+                  known_names: Sequence[str]) -> OpenSetData:
+  """``split_records`` on two built sources -> the split's clips as sources, built from their
+  listing (no folder is listed again, whichever split runs)."""
+  data = split_records(train.records, test.records, class_names, known_names)
+  return dataclasses.replace(data, train=train.subset(data.train),
+                             test_known=test.subset(data.test_known),
+                             test_unknown=test.subset(data.test_unknown))

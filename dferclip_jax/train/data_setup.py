@@ -15,28 +15,29 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import jax
 from absl import logging
 
 from dferclip_jax import distributed
-from dferclip_jax.data import annotations, holdout, pipeline
+from dferclip_jax.data import holdout, pipeline, sources
 from dferclip_jax.train import config_checks
 from dferclip_jax.train.config_checks import ConfigError
 
 
 @dataclasses.dataclass
 class DataBundle:
-  train_source: Any
-  test_source: Any
+  """The built sources of a run (each folder listed once, when its list was read) and how the
+  pipeline reads them. ``train_source`` is None where only the test side was opened."""
+  train_source: pipeline.Source | None
+  test_source: pipeline.Source
   num_train: int
   num_test: int
   augmentation: str
   num_frames: int
   seed: int
   skipped: list = dataclasses.field(default_factory=list)
-  val_source: Any = None
+  val_source: pipeline.Source | None = None
   on_bad_clip: str = "error"
   # split -> {example index: why it was skipped}, filled by the pipeline in "skip" mode.
   read_skipped: dict = dataclasses.field(default_factory=lambda: {"train": {}, "test": {}, "val": {}})
@@ -84,13 +85,14 @@ def synthetic_lists(config, workdir: Path) -> tuple[str, str, str]:
   return str(out / "train.txt"), str(out / "test.txt"), str(out)
 
 
-def read_list(config, path: str, root: str | None):
-  records, skipped = annotations.read_annotation_list(
+def read_list(config, path: str, root: str | None) -> tuple[sources.FolderSource, list]:
+  """An annotation list as the config reads it -> (its source, the skipped lines)."""
+  source, skipped = sources.open_annotation_list(
       path, len(config.class_names), root=root, path_map=config.data.path_map or None,
       on_bad_clip=config.data.on_bad_clip, class_names=tuple(config.class_names))
   for clip in skipped:
     logging.warning("skipped clip %s", clip)
-  return records, skipped
+  return source, skipped
 
 
 def open_test_data(config, workdir: str | Path) -> DataBundle:
@@ -104,10 +106,11 @@ def open_data(config, workdir: str | Path, train: bool = True) -> DataBundle:
     train, test = pipeline.tfds_sources(d.tfds_name, d.tfds_train_split if train else None,
                                         d.tfds_test_split, data_dir=d.tfds_data_dir,
                                         class_names=tuple(config.class_names))
+    train = train or None
     skipped, val = [], None
   else:
     train_list, test_list, root = list_files(config, Path(workdir))
-    train, skipped_train = read_list(config, train_list, root) if train else ([], [])
+    train, skipped_train = read_list(config, train_list, root) if train else (None, [])
     test, skipped_test = read_list(config, test_list, root)
     skipped = skipped_train + skipped_test
     if skipped:
@@ -115,11 +118,13 @@ def open_data(config, workdir: str | Path, train: bool = True) -> DataBundle:
                       len(skipped))
     val = None
     if train and d.val_fraction > 0:
-      train, val = holdout.split_validation(train, d.val_fraction, config.seed)
+      kept, held = holdout.split_validation(train.records, d.val_fraction, config.seed)
+      train, val = train.subset(kept), train.subset(held)
       logging.info("validation: %d clips of %s held out (config.data.val_fraction=%g); best is "
                    "chosen on them", len(val), train_list, d.val_fraction)
-  logging.info("data: %d training, %d validation, %d test clips", len(train), len(val or []), len(test))
-  return DataBundle(train, test, len(train), len(test), d.augmentation, d.num_frames, config.seed,
+  num_train, num_val = len(train or ()), len(val or ())
+  logging.info("data: %d training, %d validation, %d test clips", num_train, num_val, len(test))
+  return DataBundle(train, test, num_train, len(test), d.augmentation, d.num_frames, config.seed,
                     skipped, val_source=val, on_bad_clip=d.on_bad_clip)
 
 
@@ -143,7 +148,7 @@ def verify_data(config, workdir: str | Path) -> list[str]:
     raise ConfigError(f"--mode=verify checks frame folders: config.data.source={config.data.source!r} "
                       f"is not 'lists'")
   train_list, test_list, root = list_files(config, Path(workdir))
-  sources = [(path, pipeline.as_source(read_list(config, path, root)[0])) for path in (train_list, test_list)]
-  bad = verify.verify_sources(sources, Path(workdir) / verify.BAD_CLIPS_FILE)
+  listed = [(path, read_list(config, path, root)[0]) for path in (train_list, test_list)]
+  bad = verify.verify_sources(listed, Path(workdir) / verify.BAD_CLIPS_FILE)
   logging.info("%d unreadable clip(s) listed in %s", len(bad), Path(workdir) / verify.BAD_CLIPS_FILE)
   return bad
