@@ -9,6 +9,7 @@ import pytest
 from flax import traverse_util
 
 from dferclip_jax.train import optimizer
+from dferclip_jax.train import state as state_lib
 
 PARAMS = {
     "temporal": {"cls_token": np.full((1, 1, 2), 1.0, np.float32), "w": np.full((2, 2), 2.0, np.float32)},
@@ -29,7 +30,7 @@ def optim_config(milestones=(2, 3), momentum=0.9, weight_decay=1e-4):
 
 def build(config, steps_per_epoch=2):
   assignment = optimizer.assign_groups(PARAMS, GROUPS)
-  trainable, frozen = optimizer.split_params(PARAMS, assignment)
+  trainable, frozen = state_lib.split_params(PARAMS, assignment)
   tx, schedules = optimizer.make_optimizer(
       config, {k: g for k, g in assignment.items() if g != optimizer.FROZEN}, steps_per_epoch)
   return assignment, trainable, frozen, tx, schedules
@@ -48,7 +49,7 @@ def test_groups_and_frozen_params():
   buffers = [x for x in state_leaves if np.ndim(x) > 0 or x.dtype != np.int32]
   assert sum(np.size(x) for x in buffers) == sum(np.size(x) for x in jax.tree.leaves(trainable))
   assert len(state_leaves) - len(buffers) == len(GROUPS)
-  merged = optimizer.merge_params(trainable, frozen)
+  merged = state_lib.merge_params(trainable, frozen)
   assert traverse_util.flatten_dict(merged).keys() == traverse_util.flatten_dict(PARAMS).keys()
 
 

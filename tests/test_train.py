@@ -14,6 +14,7 @@ from flax import traverse_util
 from configs import demo
 from dferclip_jax import evaluation
 from dferclip_jax.train import config_checks, reporting, trainer
+from dferclip_jax.train import state as state_lib
 
 
 def tiny_config(**overrides):
@@ -154,5 +155,5 @@ def test_bfloat16_and_remat_switches_train(tmp_path, shared_data):
 def test_nan_stops_the_run_naming_the_step(tmp_path, shared_data):
   config = tiny_config(**{"data.synthetic.dir": shared_data, "max_steps": 6})
   config.optim.lr.temporal = 1e30  # the first update overflows the temporal model
-  with pytest.raises(trainer.NonFiniteLossError, match=r"step \d: train/(loss|grad_norm) is (nan|inf)"):
+  with pytest.raises(state_lib.NonFiniteLossError, match=r"step \d: train/(loss|grad_norm) is (nan|inf)"):
     trainer.train_and_evaluate(config, tmp_path)

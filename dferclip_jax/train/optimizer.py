@@ -4,7 +4,7 @@ Groups are data: ``config.optim.groups`` maps a group name to a regex over '/'-j
 paths (``temporal/cls_token``, ``clip/vision_model/...``), and ``config.optim.lr`` maps the same
 names to learning rates. A parameter matching no group is frozen: it gets no gradient, no
 update and no optimizer state. A parameter matching two groups is an error (a silent first-match
-would hide a typo in a regex).
+would hide a typo in a regex). The train state keeps the two apart (``state.split_params``).
 
 The update is torch.optim.SGD's, to the letter: the weight decay is added to the gradient
 (``g + wd * p``, not decoupled), then momentum ``buf = m * buf + g`` (first step ``buf = g``), then
@@ -52,20 +52,6 @@ def assign_groups(params: Mapping[str, Any], groups: Mapping[str, str]) -> dict[
   return assignment
 
 
-def split_params(params, assignment):
-  """-> (trainable, frozen) nested dicts; merge them back with ``merge_params``."""
-  flat = traverse_util.flatten_dict(params)
-  trainable = {k: v for k, v in flat.items() if assignment[k] != FROZEN}
-  frozen = {k: v for k, v in flat.items() if assignment[k] == FROZEN}
-  return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
-
-
-def merge_params(trainable, frozen):
-  flat = dict(traverse_util.flatten_dict(frozen))
-  flat.update(traverse_util.flatten_dict(trainable))
-  return traverse_util.unflatten_dict(flat)
-
-
 def step_schedule(lr: float, milestones_epochs: Sequence[int], gamma: float, steps_per_epoch: int):
   """MultiStepLR stepped once per epoch: ``lr * gamma**k`` after the k-th milestone epoch."""
   boundaries = {int(m) * steps_per_epoch: gamma for m in sorted(milestones_epochs)}
@@ -105,14 +91,13 @@ def make_optimizer(optim_config, trainable_assignment: Mapping[tuple, str], step
 def grouped_optimizer(params, optim_config, steps_per_epoch: int):
   """``config.optim``'s param groups over ``params`` and their optimizer.
 
-  -> (trainable params, frozen params, assignment {flat path: group}, optax transformation over
-  the trainable params, each group's schedule).
+  -> (assignment {flat path: group or FROZEN}, optax transformation over the trainable params,
+  each group's schedule). ``state.host_state`` splits the params by the assignment.
   """
   assignment = assign_groups(params, dict(optim_config.groups))
-  trainable, frozen = split_params(params, assignment)
   tx, schedules = make_optimizer(
       optim_config, {k: g for k, g in assignment.items() if g != FROZEN}, steps_per_epoch)
-  return trainable, frozen, assignment, tx, schedules
+  return assignment, tx, schedules
 
 
 def global_norm(tree) -> jax.Array:
