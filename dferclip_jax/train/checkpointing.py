@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from dferclip_jax.train.state import merge_params
+from dferclip_jax.train import state as state_lib
 
 # Train-state entries that older versions saved and nothing reads: a checkpoint holding them
 # restores them (Orbax restores whole trees) and drops them. "rng": the trainer saved
@@ -141,7 +141,7 @@ class Checkpointer:
       args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), target_shardings)
       restored = reader.restore(path, args=ocp.args.PyTreeRestore(
           item=abstract, restore_args=args, partial_restore=True))
-    return {"params": merge_params(restored["params"], restored["frozen"]), "prompts": restored["prompts"]}
+    return state_lib.variables_of(restored, {"prompts": restored["prompts"]})
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -44,8 +44,8 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
 
   # ---------------------------------------------------------------------- input
   data = data or data_setup.open_data(config, workdir)
-  steps_per_epoch, total_steps = state_lib.training_length(data.num_train, config.batch_size, config.num_epochs,
-                                                  config.max_steps, "config.batch_size")
+  steps_per_epoch, total_steps = state_lib.training_length(
+      data.num_train, config.batch_size, config.num_epochs, config.max_steps, "config.batch_size")
   eval_every = max(1, config.eval_every_epochs) * steps_per_epoch
   logging.info("%d training clips, %d validation clips, %d test clips; %d steps per epoch, %d steps",
                data.num_train, data.num_val, data.num_test, steps_per_epoch, total_steps)
@@ -64,8 +64,7 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
   image_size = model.clip_config.vision_config.image_size
 
   # ---------------------------------------------------------------------- param groups, optimizer
-  assignment, tx, schedules = optimizer.grouped_optimizer(variables["params"], config.optim,
-                                                          steps_per_epoch)
+  assignment, tx, schedules = optimizer.grouped_optimizer(variables["params"], config.optim, steps_per_epoch)
   _log_groups(assignment, variables["params"])
 
   # ---------------------------------------------------------------------- shardings, state
