@@ -65,16 +65,16 @@ def worker() -> None:
   from dferclip_jax import distributed
   distributed.initialize(distributed.Launch("auto", f.coordinator_address, f.num_processes, f.process_id))
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from dferclip_jax.train import model_setup, optimizer, sharding
+  from dferclip_jax.train import state as state_lib
   from dferclip_jax.train import train_step as steps
 
   config = _CONFIG.value
   bundle = model_setup.build_model(config, rng=jax.random.PRNGKey(0))
-  trainable, frozen, _, tx, schedules = optimizer.grouped_optimizer(bundle.variables["params"], config.optim, 100)
-  state = {"params": trainable, "frozen": frozen, "prompts": bundle.variables["prompts"],
-           "opt": tx.init(trainable), "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(0)}
+  assignment, tx, schedules = optimizer.grouped_optimizer(bundle.variables["params"], config.optim, 100)
+  state = state_lib.new_state(state_lib.host_state(bundle.variables["params"], assignment,
+                                                   prompts=bundle.variables["prompts"]), tx)
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
   shardings = sharding.tree_shardings(state, mesh, config.shard_min_size)
   state = sharding.put_global(jax.tree.map(np.asarray, state), shardings)

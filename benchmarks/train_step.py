@@ -42,6 +42,7 @@ from dferclip_jax.models.clip import CLIP, init_clip_params
 from dferclip_jax.models.dferclip import build_dferclip
 from dferclip_jax.tokenizer import WordTokenizer
 from dferclip_jax.train import optimizer, sharding
+from dferclip_jax.train import state as state_lib
 from dferclip_jax.train import train_step as steps
 
 MODELS = {"vit_b32": clip_config.vit_b32, "vit_b16": clip_config.vit_b16, "vit_l14": clip_config.vit_l14}
@@ -98,9 +99,9 @@ def main(argv):
   for dtype_name in f.dtype:
     model, variables = build_dferclip(clip, clip_params, texts, tokenizer, rng=jax.random.PRNGKey(0),
                                       num_frames=f.frames, dtype=jnp.dtype(dtype_name), remat=f.remat)
-    trainable, frozen, _, tx, schedules = optimizer.grouped_optimizer(variables["params"], config.optim, 100)
-    state = {"params": trainable, "frozen": frozen, "prompts": variables["prompts"],
-             "opt": tx.init(trainable), "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(0)}
+    assignment, tx, schedules = optimizer.grouped_optimizer(variables["params"], config.optim, 100)
+    state = state_lib.new_state(
+        state_lib.host_state(variables["params"], assignment, prompts=variables["prompts"]), tx)
     shardings = sharding.tree_shardings(state, mesh, 2 ** 16)
     state = sharding.put_global(state, shardings)
     step_fn = jax.jit(steps.make_train_step(model, tx, schedules),

@@ -93,7 +93,7 @@ def run_crossval(config_file: str, overrides: Mapping[str, Any], workdir: str | 
   results = {"config": config_file, "folds": per_fold, "summary": summarize(per_fold)}
   if distributed.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / RESULTS_FILE).write_text(json.dumps(reporting._plain(results), indent=2) + "\n")
+    reporting.write_json(workdir / RESULTS_FILE, results)
   rows = [(f"fold {f['fold']}", f"best UAR {f['best']['uar']:.2f}  WAR {f['best']['war']:.2f}   "
                                 f"final UAR {f['final']['uar']:.2f}  WAR {f['final']['war']:.2f}")
           for f in per_fold]

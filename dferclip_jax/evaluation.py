@@ -9,18 +9,15 @@ Test-time options: the official single centred clip, or multi-clip averaging
 
 from __future__ import annotations
 
-import functools
-import json
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from dferclip_jax import distributed, export, metrics as metrics_lib, official, plots
+from dferclip_jax import distributed, export, inference, metrics as metrics_lib, official, plots
 from dferclip_jax.models.dferclip import model_from_kwargs
 from dferclip_jax.train import checkpointing, data_setup, reporting
 from dferclip_jax.train import sharding as sharding_lib
-from dferclip_jax.train import train_step as steps
 
 
 def evaluate_batches(eval_step, variables, batches, mesh, num_classes: int, progress: bool = True,
@@ -28,9 +25,9 @@ def evaluate_batches(eval_step, variables, batches, mesh, num_classes: int, prog
   """Runs a jitted ``eval_step`` over host-local padded batches -> (confusion matrix, mean loss).
 
   ``text_features``: the classes' text features, computed once by the caller for the whole pass
-  (``steps.class_text_features``); None makes every batch compute them again.
+  (``inference.jit_class_text_features``); None makes every batch compute them again.
   """
-  totals = jax.device_put(steps.empty_eval_totals(num_classes), sharding_lib.replicated(mesh))
+  totals = jax.device_put(inference.empty_eval_totals(num_classes), sharding_lib.replicated(mesh))
   bar = reporting.progress_bar(desc, progress, "batch")
   for local in batches:
     batch = sharding_lib.global_batch({k: local[k] for k in ("video", "label", "mask")}, mesh)
@@ -154,8 +151,8 @@ def evaluate_model(config, workdir, model, variables, source: str, out_name: str
     raise ValueError(f"{source} has {model.num_classes} classes, the config {len(config.class_names)}")
   data = data_setup.open_test_data(config, workdir)
   image_size = model.clip_config.vision_config.image_size
-  eval_step = jax.jit(steps.make_eval_step(model, model.num_classes))
-  text_features = jax.jit(functools.partial(steps.class_text_features, model))(variables)
+  eval_step = jax.jit(inference.make_eval_step(model, model.num_classes))
+  text_features = inference.jit_class_text_features(model)(variables)
   cm, loss = evaluate_batches(eval_step, variables, data.eval_batches(local_batch, image_size,
                                                                       config.eval_num_clips),
                               mesh, model.num_classes, config.progress_bars,
@@ -166,7 +163,7 @@ def evaluate_model(config, workdir, model, variables, source: str, out_name: str
   if distributed.is_writer():
     out = workdir / "evaluation" / out_name
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(reporting._plain(report), indent=2) + "\n")
+    reporting.write_json(out / "report.json", report)
     plots.save_confusion_matrix(cm, config.class_names, out / "confusion_matrix.png",
                                 title=f"UAR {report['uar']:.2f}, WAR {report['war']:.2f}")
     report["output_dir"] = str(out)

@@ -111,9 +111,9 @@ def predict(model, variables, inputs: Sequence[str], class_names: Sequence[str],
             top_k: int = 3, num_clips: int = 1, workers: int = 8, faces=None) -> Iterator[dict]:
   """Yields one result dict per input, in input order; with ``faces`` (a ``FaceStep``) the
   sampled frames are face crops and each result gains a ``faces`` summary."""
-  from dferclip_jax.train.train_step import class_text_features, clip_probabilities
+  from dferclip_jax.inference import clip_probabilities, jit_class_text_features
   image_size = model.clip_config.vision_config.image_size
-  text_features = jax.jit(lambda v: class_text_features(model, v))(variables)  # once, not per batch
+  text_features = jit_class_text_features(model)(variables)  # once, not per batch
   probs_fn = jax.jit(lambda v, t, x: clip_probabilities(model, v, x, t))
   names = list(class_names) or [str(i) for i in range(model.num_classes)]
   top_k = max(1, min(top_k, len(names)))

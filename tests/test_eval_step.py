@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dferclip_jax import evaluation, metrics
-from dferclip_jax.train import sharding, train_step
+from dferclip_jax import inference
+from dferclip_jax.train import sharding
 
 
 class LogitsInPixels:
@@ -43,8 +44,8 @@ def batch():
 
 
 def test_eval_step_confusion_orientation_mask_and_loss():
-  step = jax.jit(train_step.make_eval_step(LogitsInPixels(), 3))
-  totals = step({}, batch(), train_step.empty_eval_totals(3))
+  step = jax.jit(inference.make_eval_step(LogitsInPixels(), 3))
+  totals = step({}, batch(), inference.empty_eval_totals(3))
   cm = np.rint(np.asarray(totals["confusion"])).astype(int)
   np.testing.assert_array_equal(cm, EXPECTED_CM)
   # Softmax of (5, 0, 0): the true class gets e^5 / (e^5 + 2) when predicted, 1 / (e^5 + 2) when not.
@@ -57,7 +58,7 @@ def test_eval_step_confusion_orientation_mask_and_loss():
 
 def test_evaluate_batches_reports_recall_not_precision():
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
-  step = jax.jit(train_step.make_eval_step(LogitsInPixels(), 3))
+  step = jax.jit(inference.make_eval_step(LogitsInPixels(), 3))
   cm, loss = evaluation.evaluate_batches(step, {}, [batch()], mesh, 3, progress=False)
   np.testing.assert_array_equal(cm, EXPECTED_CM)
   report = metrics.classification_report(cm, ["a", "b", "c"])
@@ -75,7 +76,7 @@ def test_k_clips_average_k_separate_softmaxes():
   per_clip = np.array([[[1.0, 0.0, 0.0], [0.0, 5.0, 0.0]],
                        [[0.0, 0.0, 2.0], [0.0, 0.0, 2.0]]], np.float32)   # [N=2, K=2, C=3]
   video = np.stack([video_with_logits(per_clip[:, k]) for k in range(2)], axis=1)  # [N, K, T, 1, 1, C]
-  probs = np.asarray(train_step.clip_probabilities(LogitsInPixels(), {}, jnp.asarray(video)))
+  probs = np.asarray(inference.clip_probabilities(LogitsInPixels(), {}, jnp.asarray(video)))
 
   def softmax(row):
     e = [math.exp(v) for v in row]
@@ -85,7 +86,7 @@ def test_k_clips_average_k_separate_softmaxes():
   np.testing.assert_allclose(probs, expected, rtol=1e-6)
   assert probs[0].argmax() == 1
   # Through the eval step: clip averaging decides the prediction.
-  step = jax.jit(train_step.make_eval_step(LogitsInPixels(), 3))
+  step = jax.jit(inference.make_eval_step(LogitsInPixels(), 3))
   totals = step({}, {"video": video, "label": np.array([1, 2], np.int32), "mask": np.ones(2, bool)},
-                train_step.empty_eval_totals(3))
+                inference.empty_eval_totals(3))
   np.testing.assert_array_equal(np.rint(np.asarray(totals["confusion"])), [[0, 0, 0], [0, 1, 0], [0, 0, 1]])

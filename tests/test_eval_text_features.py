@@ -9,7 +9,7 @@ from dferclip_jax.models import clip_config
 from dferclip_jax.models.clip import CLIP, init_clip_params
 from dferclip_jax.models.dferclip import build_dferclip, prompt_text_length
 from dferclip_jax.tokenizer import WordTokenizer
-from dferclip_jax.train import train_step as steps
+from dferclip_jax import inference
 
 TEXTS = ["a smiling mouth and raised cheeks", "tears", "a frozen expression with wide open eyes"]
 
@@ -49,14 +49,14 @@ def test_eval_step_matches_a_hand_computation_with_the_texts_encoded_once(tiny):
   model, variables, video = tiny
   labels = np.array([0, 1, 2, 1], np.int32)
   mask = np.array([1, 1, 1, 0], np.float32)  # the last row is padding
-  eval_step = jax.jit(steps.make_eval_step(model, 3))
-  text_features = steps.class_text_features(model, variables)  # once for the whole evaluation
+  eval_step = jax.jit(inference.make_eval_step(model, 3))
+  text_features = inference.class_text_features(model, variables)  # once for the whole evaluation
   # Given the features, the step never reads the text tower: poisoned text weights change nothing.
   poisoned = jax.tree_util.tree_map_with_path(
       lambda path, x: np.full_like(x, np.nan) if "text_model" in jax.tree_util.keystr(path) else x,
       variables)
   assert any(np.isnan(x).all() for x in jax.tree.leaves(poisoned))
-  totals = steps.empty_eval_totals(3)
+  totals = inference.empty_eval_totals(3)
   for half in (slice(0, 2), slice(2, 4)):
     totals = eval_step(poisoned, {"video": video[half], "label": labels[half], "mask": mask[half]}, totals,
                        text_features)
@@ -70,5 +70,5 @@ def test_eval_step_matches_a_hand_computation_with_the_texts_encoded_once(tiny):
   expected_loss = -(np.log(np.maximum(probs[np.arange(4), labels], 1e-12)) * mask).sum()  # floored at 1e-12
   np.testing.assert_allclose(float(totals["loss_sum"]), expected_loss, rtol=1e-4)
   # Without the features the step encodes the texts itself, with the same totals.
-  again = eval_step(variables, {"video": video, "label": labels, "mask": mask}, steps.empty_eval_totals(3))
+  again = eval_step(variables, {"video": video, "label": labels, "mask": mask}, inference.empty_eval_totals(3))
   np.testing.assert_array_equal(np.asarray(again["confusion"]), expected_cm)

@@ -15,7 +15,7 @@ from dferclip_jax.data import annotations, pipeline, synthetic
 from dferclip_jax.data.sources import ClipDataError
 from dferclip_jax.train import checkpointing, config_checks, data_setup, model_setup, reporting, trainer
 from dferclip_jax.train import sharding as sharding_lib
-from dferclip_jax.train.train_step import clip_probabilities
+from dferclip_jax.inference import clip_probabilities
 
 
 def tiny_config(arg="epochs=3,clips_per_class=4", **overrides):

@@ -8,13 +8,13 @@ positions only, and the patch embedding as a matmul."""
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from configs import common as config_common
 from dferclip_jax import official
 from dferclip_jax.models.dferclip import DFERCLIP
 from dferclip_jax.train import optimizer
+from dferclip_jax.train import state as state_lib
 from dferclip_jax.train import train_step as steps
 
 LOSS_RTOL = 1e-4
@@ -25,9 +25,9 @@ def test_training_losses_match_the_official_code(official_fixture_dir):
   model, variables = official.load_checkpoint(official_fixture_dir / "official.pth")
   assert isinstance(model, DFERCLIP) and model.text_length < model.context_length  # the cut is on
   config = config_common.base_config()
-  trainable, frozen, _, tx, schedules = optimizer.grouped_optimizer(variables["params"], config.optim, 100)
-  state = {"params": trainable, "frozen": frozen, "prompts": variables["prompts"],
-           "opt": tx.init(trainable), "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(0)}
+  assignment, tx, schedules = optimizer.grouped_optimizer(variables["params"], config.optim, 100)
+  state = state_lib.new_state(
+      state_lib.host_state(variables["params"], assignment, prompts=variables["prompts"]), tx)
   batch = {"video": np.load(official_fixture_dir / "video.npy").astype(np.float32) / 255.0,
            "label": np.asarray(record["labels"], np.int32)}
   step = jax.jit(steps.make_train_step(model, tx, schedules))

@@ -21,6 +21,7 @@ from dferclip_jax.data import annotations, class_orders, pipeline, sampling, syn
 from dferclip_jax.openset import experiment, hesp, hesp_lists, hesp_train, splits
 from dferclip_jax.train import config_checks, model_setup
 from dferclip_jax.train import sharding as sharding_lib
+from dferclip_jax.train import state as state_lib
 
 # Clips per HESP label 0..10 (Angry ... Disappointment).
 TRAIN_PER_CLASS = [357, 261, 156, 871, 910, 499, 411, 101, 348, 124, 50]
@@ -226,25 +227,33 @@ def test_hesp_augmentation_resizes_before_the_crop():
                             augment.augment_clip_uint8(wide, "mafw", 16, seed))
 
 
-def test_official_switch_leaves_the_contexts_untrained(tmp_path):
+def tiny_hesp_run(tmp_path, epochs: int, max_steps: int):
+  """-> (config, training records (6 clips of 2 classes), mesh) for a tiny HESP model."""
   made = synthetic.make_synthetic_dataset(tmp_path / "data", num_classes=2, clips_per_class=4,
                                           frames_range=(3, 6), image_size=16, test_fraction=0.25)
   records, _ = annotations.read_annotation_list(made.train_list, 2, root=made.root)
-  config = hesp_demo.get_config("epochs=1")
-  config.max_steps, config.log_every, config.progress_bars = 2, 1, False
+  config = hesp_demo.get_config(f"epochs={epochs}")
+  config.max_steps, config.log_every, config.progress_bars = max_steps, 1, False
   config.hesp.batch_size = 2
   config.model.clip_arch.update(image_size=16, patch_size=8, width=16, layers=1, projection_dim=16)
-  mesh = sharding_lib.make_mesh(config.mesh, num_devices=1)
-  names = ("happiness", "sadness")
+  return config, records, sharding_lib.make_mesh(config.mesh, num_devices=1)
+
+
+def tiny_hesp_model(config, names=("happiness", "sadness")):
+  rng = jax.random.PRNGKey(0)
+  words = experiment.prompt_words(config, names)
+  clip_config, clip_params, tokenizer = model_setup.clip_and_tokenizer(
+      config, sum(experiment.hesp_prompt_texts(config, names), []), rng)
+  return hesp.build_hesp(clip_config, clip_params, words, tokenizer, rng=rng, n_ctx=2, patch_size=4,
+                         num_frames=4)
+
+
+def test_official_switch_leaves_the_contexts_untrained(tmp_path):
+  config, records, mesh = tiny_hesp_run(tmp_path, epochs=1, max_steps=2)
   contexts = {}
   for official in (False, True):
     config.hesp.official = official
-    rng = jax.random.PRNGKey(0)
-    words = experiment.prompt_words(config, names)
-    clip_config, clip_params, tokenizer = model_setup.clip_and_tokenizer(
-        config, sum(experiment.hesp_prompt_texts(config, names), []), rng)
-    model, variables = hesp.build_hesp(clip_config, clip_params, words, tokenizer, rng=rng,
-                                       n_ctx=2, patch_size=4, num_frames=4)
+    model, variables = tiny_hesp_model(config)
     before = np.array(variables["params"]["prompt_learner"]["ctx"])
     final = hesp_train.train_hesp(config, tmp_path / f"run_{official}", model, variables, records, mesh)
     after = np.asarray(jax.device_get(final["params"]["prompt_learner"]["ctx"]))
@@ -254,3 +263,17 @@ def test_official_switch_leaves_the_contexts_untrained(tmp_path):
                               variables["params"]["unknown_visual"])
   np.testing.assert_array_equal(*contexts[True])
   assert np.abs(contexts[False][0] - contexts[False][1]).max() > 0
+
+
+def test_nan_stops_hesp_at_its_step_before_an_evaluation_or_a_save(tmp_path):
+  """HESP's loop checks every step, as the closed-set one: not only the logged steps."""
+  config, records, mesh = tiny_hesp_run(tmp_path, epochs=2, max_steps=5)  # 3 steps per epoch
+  config.log_every = 100
+  config.hesp.lr = 1e30  # the first update of the unknown prompts and the radius overflows
+  model, variables = tiny_hesp_model(config)
+  evaluated = []
+  with pytest.raises(state_lib.NonFiniteLossError, match=r"step 2: train/(loss|grad_norm) is (nan|inf)"):
+    hesp_train.train_hesp(config, tmp_path / "run", model, variables, records, mesh,
+                          on_eval=lambda step, v: evaluated.append(step) or {})
+  assert evaluated == []  # the epoch-end evaluation (step 3) never saw the NaN state, nor a save
+  assert not any((tmp_path / "run" / "checkpoints").iterdir())

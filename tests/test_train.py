@@ -14,6 +14,7 @@ from flax import traverse_util
 from configs import demo
 from dferclip_jax import evaluation
 from dferclip_jax.train import config_checks, reporting, trainer
+from dferclip_jax.train import state as state_lib
 
 
 def tiny_config(**overrides):
@@ -152,7 +153,12 @@ def test_bfloat16_and_remat_switches_train(tmp_path, shared_data):
 
 
 def test_nan_stops_the_run_naming_the_step(tmp_path, shared_data):
-  config = tiny_config(**{"data.synthetic.dir": shared_data, "max_steps": 6})
+  config = tiny_config(**{"data.synthetic.dir": shared_data, "max_steps": 6, "checkpoint_every": 2})
   config.optim.lr.temporal = 1e30  # the first update overflows the temporal model
-  with pytest.raises(trainer.NonFiniteLossError, match=r"step \d: train/(loss|grad_norm) is (nan|inf)"):
+  with pytest.raises(state_lib.NonFiniteLossError, match=r"step 2: train/(loss|grad_norm) is (nan|inf)"):
     trainer.train_and_evaluate(config, tmp_path)
+  # Step 2 is a checkpoint step: its NaN state is checked before it would be saved, and is not.
+  from dferclip_jax.train import checkpointing
+  manager = checkpointing.Checkpointer(tmp_path / "checkpoints", "eval/uar", asynchronous=False)
+  assert manager.all_steps() == []
+  manager.close()

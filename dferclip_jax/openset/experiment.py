@@ -271,7 +271,7 @@ def run_openset(config, workdir: str | Path) -> dict:
       result.pop("select", None)
       if distributed.is_writer():
         sub.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps(reporting._plain(result), indent=2) + "\n")
+        reporting.write_json(done, result)
     if k not in logged:
       writer.write(k, {key: result[key] for key in SCORES + OFFICIAL_SCORES if key in result},
                    {"split": k, "known": result["known"], "method": o.method})
@@ -280,7 +280,7 @@ def run_openset(config, workdir: str | Path) -> dict:
   results = {"method": o.method, "dataset": o.hesp_dataset, "splits": per_split,
              "summary": summarize(per_split)}
   if distributed.is_writer():
-    (workdir / RESULTS_FILE).write_text(json.dumps(reporting._plain(results), indent=2) + "\n")
+    reporting.write_json(workdir / RESULTS_FILE, results)
   s = results["summary"]
   rows = [(f"split {r['split']:2d} {'+'.join(n[:4] for n in r['known'])}",
            f"ACC {r['openset/acc']:6.2f}  AUROC {r['openset/auroc']:6.2f}  OSCR {r['openset/oscr']:6.2f}")

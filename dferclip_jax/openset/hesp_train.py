@@ -17,7 +17,9 @@ repeated and resizes each frame to the model's size before the random sized crop
 official loader does (``sampling``'s ``short_clips="first"``, ``augment``'s "hesp").
 
 SGD is PyTorch's (momentum 0.9, weight decay 1e-4 added to the gradient), the learning rate
-x0.1 at epochs 30, 60, 90, 120.
+x0.1 at epochs 30, 60, 90, 120. The param groups, the train state (CLIP frozen: no gradient, no
+optimizer state), its checkpoints and the every-step NaN check are the closed-set trainer's
+(``optimizer.grouped_optimizer``, ``train/state.py``).
 """
 
 from __future__ import annotations
@@ -31,21 +33,24 @@ import optax
 from absl import logging
 
 from dferclip_jax.data import pipeline
+from dferclip_jax.models import param_tree
 from dferclip_jax.openset import losses
 from dferclip_jax.train import checkpointing, optimizer as optimizer_lib, reporting
 from dferclip_jax.train import sharding as sharding_lib
-from dferclip_jax.train.trainer import check_and_log, init_or_restore_state, training_length
+from dferclip_jax.train import state as state_lib
 
+# The trainable groups; the params in none (CLIP) are frozen.
 GROUPS = {"context": "prompt_learner/.*", "unknown": "(unknown_visual|radius)",
           "perturbation": "perturbation"}
 
 
-def make_optimizer(h, steps_per_epoch: int, trainable_assignment):
-  optim = ml_collections.ConfigDict(dict(
+def optim_config(h) -> ml_collections.ConfigDict:
+  """HESP's ``config.optim``: its groups and their SGD (the perturbation moves only by the
+  normalised step, so its learning rate is 0)."""
+  return ml_collections.ConfigDict(dict(
       name="sgd", momentum=h.momentum, weight_decay=h.weight_decay, milestones=tuple(h.milestones),
-      gamma=0.1, lr={"context": 0.0 if h.official else h.lr_context, "unknown": h.lr,
-                     "perturbation": 0.0}))
-  return optimizer_lib.make_optimizer(optim, trainable_assignment, steps_per_epoch)
+      gamma=0.1, groups=GROUPS,
+      lr={"context": 0.0 if h.official else h.lr_context, "unknown": h.lr, "perturbation": 0.0}))
 
 
 def normalized_step(param, grad, size: float):
@@ -56,10 +61,8 @@ def make_train_step(model, tx, h):
   ce = lambda logits, labels: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
   def train_step(state, batch):
-    collections = state["collections"]
-
     def loss_fn(trainable):
-      variables = {"params": {**trainable, **state["frozen"]}, **collections}
+      variables = {"params": param_tree.merge_params(trainable, state["frozen"]), **state["collections"]}
       out = model.apply(variables, batch["video"], train=True)
       y = batch["label"]
       parts = {
@@ -90,7 +93,7 @@ def make_train_step(model, tx, h):
   return train_step
 
 
-def train_hesp(config, workdir: Path, model, variables, train_records, mesh, on_eval=None):
+def train_hesp(config, workdir: Path, model, variables, train_source, mesh, on_eval=None):
   """Trains (resuming from ``workdir/checkpoints``) -> the final variables (on the mesh).
 
   ``on_eval(step, variables)`` is called every ``hesp.eval_every_epochs`` epochs and at the end;
@@ -98,27 +101,25 @@ def train_hesp(config, workdir: Path, model, variables, train_records, mesh, on_
   """
   h = config.hesp
   local_batch = sharding_lib.check_batch_size(h.batch_size, mesh, "config.hesp.batch_size")
-  steps_per_epoch, total = training_length(len(train_records), h.batch_size, h.epochs, config.max_steps,
-                                           "config.hesp.batch_size")
-  trainable = {k: v for k, v in variables["params"].items() if k != "clip"}
-  frozen = {"clip": variables["params"]["clip"]}
-  assignment = optimizer_lib.assign_groups(trainable, GROUPS)
-  tx, _ = make_optimizer(h, steps_per_epoch, assignment)
-  host = {"params": trainable, "frozen": frozen,
-          "collections": {k: v for k, v in variables.items() if k != "params"}}
+  steps_per_epoch, total = state_lib.training_length(len(train_source), h.batch_size, h.epochs,
+                                                     config.max_steps, "config.hesp.batch_size")
+  assignment, tx, _ = optimizer_lib.grouped_optimizer(variables["params"], optim_config(h), steps_per_epoch)
+  host = state_lib.host_state(variables["params"], assignment,
+                              collections={k: v for k, v in variables.items() if k != "params"})
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", "select")
-  state, shardings, start, _ = init_or_restore_state(host, tx, mesh, config.shard_min_size, checkpointer)
+  state, shardings, start, _ = state_lib.init_or_restore(host, tx, mesh, config.shard_min_size, checkpointer)
   step_fn = jax.jit(make_train_step(model, tx, h), in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
                     out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=(0,))
   writer = reporting.MetricWriter(workdir, resume_step=start, tensorboard=False)
   batches = pipeline.train_batches(
-      train_records, augmentation="hesp" if h.official else config.data.augmentation,
+      train_source, augmentation="hesp" if h.official else config.data.augmentation,
       batch_size=local_batch, image_size=model.clip_config.vision_config.image_size,
       num_frames=h.num_frames, seed=config.seed, start_step=start,
       process_index=jax.process_index(), process_count=jax.process_count(),
       short_clips="first" if h.official else "edge")
   eval_every = max(1, h.eval_every_epochs) * steps_per_epoch
-  variables_of = lambda s: {"params": {**s["params"], **s["frozen"]}, **s["collections"]}
+  variables_of = lambda s: state_lib.variables_of(s, s["collections"])
+  step_metrics = state_lib.StepMetrics(writer, config.log_every, also_log=(total,))
   step = start
   try:
     while step < total:
@@ -126,12 +127,13 @@ def train_hesp(config, workdir: Path, model, variables, train_records, mesh, on_
       state, metrics = step_fn(state, sharding_lib.global_batch(
           {"video": local["video"], "label": local["label"]}, mesh))
       step += 1
-      if step % config.log_every == 0 or step == total:
-        check_and_log((step, metrics), writer, config.log_every, force=step == total)
+      step_metrics.add(step, metrics)  # checks (and logs) the step before
       if step % eval_every == 0 or step == total:
+        step_metrics.flush()  # this step's state is evaluated and saved only if its loss is finite
         scores = on_eval(step, variables_of(state)) if on_eval else {}
         writer.write(step, scores)
         checkpointer.save(step, state, {"step": step}, metrics={"select": float(scores.get("select", 0.0))})
+    step_metrics.flush()
   finally:
     checkpointer.close()
     writer.close()

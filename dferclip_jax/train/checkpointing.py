@@ -1,9 +1,9 @@
 """Orbax checkpoints of a training run: asynchronous saves, the latest kept for resuming and the
 best (by ``config.best_metric``) kept for evaluation; restore onto any mesh.
 
-Each step directory holds two items: ``state`` (params, frozen params, prompt ids, optimizer
-state, step, rng) and ``meta`` (JSON: step, epoch, data position, best-so-far), so a restarted run
-continues exactly where the checkpoint left it.
+Each step directory holds two items: ``state`` (the train state of ``state.py``: params, frozen
+params, prompt ids, optimizer state, step) and ``meta`` (JSON: step, epoch, data position,
+best-so-far), so a restarted run continues exactly where the checkpoint left it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ from typing import Any, Mapping
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+from dferclip_jax.train import state as state_lib
+
+# Train-state entries that older versions saved and nothing reads: a checkpoint holding them
+# restores them (Orbax restores whole trees) and drops them. "rng": the trainer saved
+# PRNGKey(seed) until the input pipeline and the steps turned out to need no key of their own.
+RETIRED_STATE_KEYS = ("rng",)
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -62,10 +69,24 @@ class Checkpointer:
     self.manager.save(step, args=args, metrics=metrics, force=force)
 
   def restore(self, step: int, abstract_state):
-    """-> (state laid out as ``abstract_state``'s shardings, meta dict)."""
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    """-> (state laid out as ``abstract_state``'s shardings, meta dict). ``RETIRED_STATE_KEYS``
+    on disk are read (replicated, as ``abstract_state["step"]``) and left out of the state."""
+    stored = self._stored_tree(step)
+    retired = {k: jax.ShapeDtypeStruct(tuple(stored[k].shape), stored[k].dtype,
+                                       sharding=abstract_state["step"].sharding)
+               for k in RETIRED_STATE_KEYS if k in stored and k not in abstract_state}
+    args = ocp.args.Composite(state=ocp.args.StandardRestore({**abstract_state, **retired}),
+                              meta=ocp.args.JsonRestore())
     restored = self.manager.restore(step, args=args)
-    return restored["state"], dict(restored["meta"])
+    state = {k: v for k, v in restored["state"].items() if k not in retired}
+    return state, dict(restored["meta"])
+
+  def _stored_tree(self, step: int) -> dict:
+    """The metadata tree (shape, dtype per leaf) of a step's saved state."""
+    with ocp.PyTreeCheckpointer() as reader:
+      stored = reader.metadata(self.directory / str(step) / "state")
+    stored = getattr(stored, "item_metadata", stored)
+    return getattr(stored, "tree", stored)
 
   def restore_meta(self, step: int) -> dict:
     restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -106,12 +127,9 @@ class Checkpointer:
     ``shardings`` maps the abstract variable tree to target shardings (any mesh); default: all
     on the first device.
     """
-    from dferclip_jax.models.param_tree import merge_params
     path = self.directory / str(step) / "state"
+    stored = self._stored_tree(step)
     with ocp.PyTreeCheckpointer() as reader:
-      stored = reader.metadata(path)
-      stored = getattr(stored, "item_metadata", stored)
-      stored = getattr(stored, "tree", stored)
       abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), stored[k],
                                   is_leaf=lambda m: hasattr(m, "shape"))
                   for k in ("params", "frozen", "prompts")}
@@ -123,16 +141,9 @@ class Checkpointer:
       args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), target_shardings)
       restored = reader.restore(path, args=ocp.args.PyTreeRestore(
           item=abstract, restore_args=args, partial_restore=True))
-    return {"params": merge_params(restored["params"], restored["frozen"]), "prompts": restored["prompts"]}
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+    return state_lib.variables_of(restored, {"prompts": restored["prompts"]})
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
 
-
-def abstract_with_shardings(tree, shardings):
-  """ShapeDtypeStructs carrying the target shardings: what restore lays the arrays out as."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -4,7 +4,7 @@ Groups are data: ``config.optim.groups`` maps a group name to a regex over '/'-j
 paths (``temporal/cls_token``, ``clip/vision_model/...``), and ``config.optim.lr`` maps the same
 names to learning rates. A parameter matching no group is frozen: it gets no gradient, no
 update and no optimizer state. A parameter matching two groups is an error (a silent first-match
-would hide a typo in a regex).
+would hide a typo in a regex). The train state keeps the two apart (``param_tree.split_params``, by ``state.host_state``).
 
 The update is torch.optim.SGD's, to the letter: the weight decay is added to the gradient
 (``g + wd * p``, not decoupled), then momentum ``buf = m * buf + g`` (first step ``buf = g``), then
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from dferclip_jax.models.param_tree import FROZEN, split_params
+from dferclip_jax.models.param_tree import FROZEN
 
 
 def param_path(path: tuple[str, ...]) -> str:
@@ -91,14 +91,13 @@ def make_optimizer(optim_config, trainable_assignment: Mapping[tuple, str], step
 def grouped_optimizer(params, optim_config, steps_per_epoch: int):
   """``config.optim``'s param groups over ``params`` and their optimizer.
 
-  -> (trainable params, frozen params, assignment {flat path: group}, optax transformation over
-  the trainable params, each group's schedule).
+  -> (assignment {flat path: group or FROZEN}, optax transformation over the trainable params,
+  each group's schedule). ``state.host_state`` splits the params by the assignment.
   """
   assignment = assign_groups(params, dict(optim_config.groups))
-  trainable, frozen = split_params(params, assignment)
   tx, schedules = make_optimizer(
       optim_config, {k: g for k, g in assignment.items() if g != FROZEN}, steps_per_epoch)
-  return trainable, frozen, assignment, tx, schedules
+  return assignment, tx, schedules
 
 
 def global_norm(tree) -> jax.Array:

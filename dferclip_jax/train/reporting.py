@@ -22,12 +22,12 @@ from dferclip_jax import distributed
 METRICS_FILE = "metrics.jsonl"
 
 
-def _plain(value: Any) -> Any:
-  """JSON-safe: numpy/jax scalars to Python numbers, NaN/inf to None."""
+def json_plain(value: Any) -> Any:
+  """JSON-safe: numpy/jax scalars and arrays to Python numbers and lists, NaN/inf to None."""
   if isinstance(value, Mapping):
-    return {str(k): _plain(v) for k, v in value.items()}
+    return {str(k): json_plain(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
+    return [json_plain(v) for v in value]
   if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0:
     value = np.asarray(value).item()
   if isinstance(value, (np.integer,)):
@@ -36,8 +36,13 @@ def _plain(value: Any) -> Any:
     value = float(value)
     return value if math.isfinite(value) else None
   if isinstance(value, np.ndarray):
-    return _plain(value.tolist())
+    return json_plain(value.tolist())
   return value
+
+
+def write_json(path: str | Path, value: Any) -> None:
+  """``value`` (made ``json_plain``) as an indented JSON file: the run's reports and results."""
+  Path(path).write_text(json.dumps(json_plain(value), indent=2) + "\n")
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
@@ -85,14 +90,14 @@ class MetricWriter:
     """One jsonl record {"step", **scalars, **extra}; scalars also go to TensorBoard."""
     if not self.active:
       return
-    record = {"step": int(step), **_plain(dict(scalars)), **_plain(dict(extra or {}))}
+    record = {"step": int(step), **json_plain(dict(scalars)), **json_plain(dict(extra or {}))}
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
     if self._tb is not None:
       import tensorflow as tf
       with self._tb.as_default(step=int(step)):
         for name, value in scalars.items():
-          value = _plain(value)
+          value = json_plain(value)
           if isinstance(value, (int, float)):
             tf.summary.scalar(name, value)
       self._tb.flush()
@@ -105,7 +110,7 @@ class MetricWriter:
 def format_scalars(scalars: Mapping[str, Any]) -> str:
   parts = []
   for name, value in scalars.items():
-    value = _plain(value)
+    value = json_plain(value)
     parts.append(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
   return " ".join(parts)
 

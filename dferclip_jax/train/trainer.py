@@ -5,64 +5,26 @@ restored from the latest checkpoint, onto this mesh) -> jitted, donated train st
 logging, evaluation each epoch, checkpoints -> final report.
 
 A run killed at any moment and started again with the same command resumes from its latest
-checkpoint: params, optimizer state, step, rng and data position (the input pipeline is a pure
+checkpoint: params, optimizer state, step and data position (the input pipeline is a pure
 function of the seed and the step), and ends with the same metrics as an uninterrupted run.
+The train state and the every-step NaN check are ``state.py``'s, shared with HESP's loop.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import math
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dferclip_jax import distributed, evaluation, metrics as metrics_lib
+from dferclip_jax import distributed, evaluation, inference, metrics as metrics_lib
 from dferclip_jax import plots
 from dferclip_jax.train import checkpointing, config_checks, data_setup, model_setup, optimizer, reporting
 from dferclip_jax.train import init_checkpoint
 from dferclip_jax.train import sharding as sharding_lib
+from dferclip_jax.train import state as state_lib
 from dferclip_jax.train import train_step as steps
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Training produced NaN or inf; the run stops with the step that did it."""
-
-
-def training_length(num_train: int, batch_size: int, epochs: int, max_steps, batch_field: str):
-  """-> (steps per epoch, total steps): full batches only (the remainder is dropped each epoch),
-  capped at ``max_steps`` when set."""
-  steps_per_epoch = num_train // batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"{batch_field}={batch_size} is larger than the {num_train} training clips: "
-                     f"not one full batch per epoch")
-  total = epochs * steps_per_epoch
-  return steps_per_epoch, total if max_steps is None else min(total, int(max_steps))
-
-
-def init_or_restore_state(host_state: dict, tx, mesh, shard_min_size: int, checkpointer, extras=dict):
-  """The train state on the mesh: ``host_state`` (numpy trees, with "params") plus the optimizer
-  state, "step" and ``extras()`` (more state, e.g. an rng), or the latest checkpoint's if there is
-  one. -> (state, its shardings, start step, checkpoint meta or None when started fresh)."""
-  def init_rest(params):
-    return {"opt": tx.init(params), "step": jnp.zeros((), jnp.int32), **extras()}
-
-  abstract = jax.eval_shape(lambda s: {**s, **init_rest(s["params"])}, host_state)
-  shardings = sharding_lib.tree_shardings(abstract, mesh, shard_min_size)
-  start = checkpointer.latest_step()
-  if start is not None:
-    state, meta = checkpointer.restore(start, checkpointing.abstract_with_shardings(abstract, shardings))
-    return state, shardings, start, meta
-  placed = sharding_lib.put_global(host_state, {k: shardings[k] for k in host_state})
-  # Params are born sharded: the optimizer state is created by a jit whose outputs are laid out by
-  # the same rule, never materialised whole on one device.
-  rest = jax.jit(init_rest, out_shardings={k: shardings[k] for k in abstract if k not in host_state})(
-      placed["params"])
-  return {**placed, **rest}, shardings, 0, None
 
 
 def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle | None = None) -> dict:
@@ -82,8 +44,8 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
 
   # ---------------------------------------------------------------------- input
   data = data or data_setup.open_data(config, workdir)
-  steps_per_epoch, total_steps = training_length(data.num_train, config.batch_size, config.num_epochs,
-                                                  config.max_steps, "config.batch_size")
+  steps_per_epoch, total_steps = state_lib.training_length(
+      data.num_train, config.batch_size, config.num_epochs, config.max_steps, "config.batch_size")
   eval_every = max(1, config.eval_every_epochs) * steps_per_epoch
   logging.info("%d training clips, %d validation clips, %d test clips; %d steps per epoch, %d steps",
                data.num_train, data.num_val, data.num_test, steps_per_epoch, total_steps)
@@ -102,23 +64,21 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
   image_size = model.clip_config.vision_config.image_size
 
   # ---------------------------------------------------------------------- param groups, optimizer
-  trainable, frozen, assignment, tx, schedules = optimizer.grouped_optimizer(
-      variables["params"], config.optim, steps_per_epoch)
+  assignment, tx, schedules = optimizer.grouped_optimizer(variables["params"], config.optim, steps_per_epoch)
   _log_groups(assignment, variables["params"])
 
   # ---------------------------------------------------------------------- shardings, state
-  host_state = {"params": trainable, "frozen": frozen, "prompts": variables["prompts"]}
+  host_state = state_lib.host_state(variables["params"], assignment, prompts=variables["prompts"])
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", config.best_metric)
-  state, state_shardings, start_step, meta = init_or_restore_state(
-      host_state, tx, mesh, config.shard_min_size, checkpointer,
-      extras=lambda: {"rng": jax.random.PRNGKey(config.seed)})
+  state, state_shardings, start_step, meta = state_lib.init_or_restore(
+      host_state, tx, mesh, config.shard_min_size, checkpointer)
   if meta is not None:
     _check_resume(meta, config, start_step)
     data.restore_read_skipped(meta.get("read_skipped"))
     logging.info("resumed from step %d (epoch %.2f)", start_step, start_step / steps_per_epoch)
   else:
     meta = {"best": None}
-  del variables, host_state, trainable, frozen
+  del variables, host_state
   sharded = sharding_lib.describe_sharding(state["params"])
   if sharded:
     logging.info("fsdp-sharded params: %d (e.g. %s)", len(sharded), next(iter(sharded.items())))
@@ -128,8 +88,8 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
                        in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
                        donate_argnums=(0,))
-  eval_step = jax.jit(steps.make_eval_step(model, bundle.num_classes))
-  encode_texts = jax.jit(functools.partial(steps.class_text_features, model))
+  eval_step = jax.jit(inference.make_eval_step(model, bundle.num_classes))
+  encode_texts = inference.jit_class_text_features(model)
 
   writer = reporting.MetricWriter(workdir, resume_step=start_step)
   best = meta.get("best")
@@ -137,7 +97,7 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
   metric_name = config.best_metric.split("/", 1)[1]  # uar | war
 
   def evaluate_split(step: int, split: str, prefix: str) -> dict:
-    variables = steps.variables_of(state)
+    variables = state_lib.variables_of(state, {"prompts": state["prompts"]})
     cm, loss = evaluation.evaluate_batches(
         eval_step, variables,
         data.eval_batches(local_eval_batch, image_size, config.eval_num_clips, split=split),
@@ -163,24 +123,22 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
   # ---------------------------------------------------------------------- training loop
   batches = data.train_batches(local_batch, image_size, start_step)
   bar = reporting.progress_bar("train", config.progress_bars, "step", total_steps, start_step)
-  pending = None  # (step, metrics) of the previous step: checked one step late, no pipeline stall
+  step_metrics = state_lib.StepMetrics(writer, config.log_every, also_log=(1,))
   last_eval = None
   step = start_step
   try:
     while step < total_steps:
       local = next(batches)
       batch = sharding_lib.global_batch({"video": local["video"], "label": local["label"]}, mesh)
-      state, step_metrics = train_step(state, batch)
+      state, metrics = train_step(state, batch)
       step += 1
-      if pending is not None:
-        check_and_log(pending, writer, config.log_every)
-      pending = (step, step_metrics)
+      step_metrics.add(step, metrics)  # checks (and logs) the step before: no pipeline stall
       if bar is not None:
         bar.update(1)
       is_eval = step % eval_every == 0 or step == total_steps
+      if is_eval or step % config.checkpoint_every == 0:
+        step_metrics.flush()  # this step's state is evaluated or saved only if its loss is finite
       if is_eval:
-        check_and_log(pending, writer, config.log_every)
-        pending = None
         last_eval = run_eval(step)
         value = (last_eval["val"] if selection == "val" else last_eval)[metric_name]
         if checkpointing.is_better(value, step, best):
@@ -193,8 +151,7 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
                           metrics={config.best_metric: value})
       elif step % config.checkpoint_every == 0:
         checkpointer.save(step, state, _meta(step, steps_per_epoch, best, test_selected, data, config))
-    if pending is not None:
-      check_and_log(pending, writer, config.log_every)
+    step_metrics.flush()
   finally:
     if bar is not None:
       bar.close()
@@ -211,7 +168,7 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
              "num_clips": {"train": data.num_train, "val": data.num_val, "test": data.num_test},
              "skipped_clips": data.skipped_report()}
   if distributed.is_writer():
-    (workdir / "results.json").write_text(json.dumps(reporting._plain(summary), indent=2) + "\n")
+    reporting.write_json(workdir / "results.json", summary)
   distributed.barrier(f"{workdir} finished")  # what follows (crossval, openset) may read its files
   reporting.log_table("final evaluation", [("UAR", f"{last_eval['uar']:.2f}"),
                                            ("WAR", f"{last_eval['war']:.2f}"),
@@ -248,29 +205,13 @@ def _check_resume(meta: dict, config, step: int) -> None:
                        f"config now says {now}: use a new --workdir for a different recipe")
 
 
-def check_and_log(pending, writer, log_every: int, force: bool = False) -> None:
-  """Stops on a NaN/inf loss or gradient norm; logs every ``log_every`` steps, the first, and
-  when ``force``d. ``pending`` = (step, that step's metrics, still on the devices)."""
-  step, step_metrics = pending
-  values = jax.device_get(step_metrics)
-  for name in ("train/loss", "train/grad_norm"):
-    if not math.isfinite(float(values[name])):
-      raise NonFiniteLossError(f"step {step}: {name} is {float(values[name])}; stopping (the last "
-                               f"checkpoint holds the state before it)")
-  if force or step % log_every == 0 or step == 1:
-    writer.write(step, values)
-    logging.info("step %d %s", step, reporting.format_scalars(
-        {k: v for k, v in values.items() if not k.startswith("train/lr")}))
-
-
 def _write_eval_files(workdir: Path, report: dict, class_names, step: int, suffix: str) -> None:
   if not distributed.is_writer():
     return
   cm = np.asarray(report["confusion_matrix"])
   plots.save_confusion_matrix(cm, class_names, workdir / f"confusion_matrix{suffix}.png",
                               title=f"step {step}: UAR {report['uar']:.2f}, WAR {report['war']:.2f}")
-  (workdir / f"eval{suffix}.json").write_text(json.dumps(reporting._plain({**report, "step": step}),
-                                                         indent=2) + "\n")
+  reporting.write_json(workdir / f"eval{suffix}.json", {**report, "step": step})
 
 
 def _log_groups(assignment, params) -> None:

@@ -1,0 +1,59 @@
+"""The model at inference, as evaluation, prediction and the trainer's evaluations run it: the
+classes' text features, class probabilities (multi-clip averaged), and the evaluation step that
+accumulates a confusion matrix over masked batches."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def class_text_features(model, variables):
+  """The classes' text features [C, D] (``DFERCLIP.encode_prompts``)."""
+  return model.apply(variables, method=model.encode_prompts)
+
+
+def jit_class_text_features(model):
+  """``variables -> class_text_features(model, variables)``, jitted. The features depend on the
+  variables alone: an evaluation or a prediction run computes them once, not per batch."""
+  return jax.jit(functools.partial(class_text_features, model))
+
+
+def clip_probabilities(model, variables, video, text_features=None):
+  """Class probabilities [N, C]; video [N, T, H, W, 3] or [N, K, T, H, W, 3] (K temporal clips,
+  whose softmax probabilities are averaged: multi-clip test-time evaluation). ``text_features``:
+  ``class_text_features``' output where the caller has it (else computed here)."""
+  apply = lambda x: model.apply(variables, x, text_features=text_features)
+  if video.ndim == 6:
+    n, k = video.shape[:2]
+    logits = apply(video.reshape((n * k,) + video.shape[2:]))
+    return jax.nn.softmax(logits.astype(jnp.float32), -1).reshape(n, k, -1).mean(axis=1)
+  return jax.nn.softmax(apply(video).astype(jnp.float32), -1)
+
+
+def make_eval_step(model, num_classes: int):
+  """``eval_step(variables, batch, totals, text_features=None) -> totals``: accumulates a confusion
+  matrix and the summed loss over masked (padded) batches.
+
+  The class text features depend on the variables alone: an evaluation computes them once
+  (``jit_class_text_features``) and passes them to every batch's step; None computes them here.
+  """
+
+  def eval_step(variables, batch, totals, text_features=None):
+    probs = clip_probabilities(model, variables, batch["video"], text_features)
+    mask = batch["mask"].astype(jnp.float32)
+    predictions = jnp.argmax(probs, -1)
+    truth = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32) * mask[:, None]
+    cm = totals["confusion"] + jnp.einsum("nt,np->tp", truth,
+                                          jax.nn.one_hot(predictions, num_classes, dtype=jnp.float32))
+    nll = -jnp.log(jnp.clip(jnp.take_along_axis(probs, batch["label"][:, None], -1)[:, 0], 1e-12))
+    return {"confusion": cm, "loss_sum": totals["loss_sum"] + jnp.sum(nll * mask)}
+
+  return eval_step
+
+
+def empty_eval_totals(num_classes: int):
+  return {"confusion": jnp.zeros((num_classes, num_classes), jnp.float32),
+          "loss_sum": jnp.zeros((), jnp.float32)}
