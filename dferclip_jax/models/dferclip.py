@@ -30,7 +30,7 @@ import flax.linen as nn
 from dferclip_jax.models.clip import CLIP, normalize_pixels
 from dferclip_jax.models.clip_config import CLIPConfig
 from dferclip_jax.models.prompts import POSITIONS, PromptLearner
-from dferclip_jax.models.temporal import TemporalTransformer
+from dferclip_jax.models.temporal import TEMPORAL_POOLINGS, TemporalTransformer
 from dferclip_jax.tokenizer import tokenize
 
 LOGIT_SCALE = 100.0  # the official logits divide by a fixed temperature of 0.01
@@ -50,6 +50,8 @@ class DFERCLIP(nn.Module):
   temporal_heads: int = 8
   temporal_dim_head: int = 64
   temporal_mlp_dim: int = 1024
+  # "transformer" (the official model) or "mean" (an ablation: the frames' mean, blind to order).
+  temporal_pooling: str = "transformer"
   num_frames: int = 16
   context_length: int = 77
   # Positions the text tower runs on (None: all context_length); see ``prompt_text_length``.
@@ -61,6 +63,8 @@ class DFERCLIP(nn.Module):
   def setup(self):
     if self.class_token_position not in POSITIONS:
       raise ValueError(f"class_token_position={self.class_token_position!r}: expected one of {POSITIONS}")
+    if self.temporal_pooling not in TEMPORAL_POOLINGS:
+      raise ValueError(f"temporal_pooling={self.temporal_pooling!r}: expected one of {TEMPORAL_POOLINGS}")
     self.clip = CLIP(self.clip_config, dtype=self.dtype, remat=self.remat)
     self.temporal = TemporalTransformer(self.num_frames, self.temporal_layers, self.temporal_heads,
                                         self.temporal_dim_head, self.temporal_mlp_dim, self.dtype)
@@ -80,9 +84,17 @@ class DFERCLIP(nn.Module):
       frames = normalize_pixels(frames)
     return self.clip.encode_image(frames).reshape(n, t, -1)
 
+  def pool_frames(self, frame_features):
+    """Per-frame features [N, T, D] -> one feature per video [N, D]."""
+    if self.temporal_pooling == "transformer":
+      return self.temporal(frame_features)
+    if self.is_initializing():  # "mean" keeps the temporal params (unused): one variable layout
+      self.temporal(frame_features)
+    return jnp.mean(frame_features, axis=1)
+
   def encode_video(self, video):
     """Video -> L2-normalised video features [N, D]."""
-    return l2_normalize(self.temporal(self.encode_frames(video)))
+    return l2_normalize(self.pool_frames(self.encode_frames(video)))
 
   def encode_prompts(self):
     """The classes' L2-normalised text features [C, D] from the learnable prompts."""
@@ -104,7 +116,7 @@ class DFERCLIP(nn.Module):
     constant for fixed variables: evaluation computes it once, not once per batch)."""
     del train  # no dropout or batch statistics: train and eval compute the same function
     frame_features = self.encode_frames(video)
-    video_features = l2_normalize(self.temporal(frame_features))
+    video_features = l2_normalize(self.pool_frames(frame_features))
     if text_features is None:
       text_features = self.encode_prompts()
     logits = LOGIT_SCALE * video_features @ text_features.T
