@@ -14,14 +14,15 @@ of the frame, horizontal flips, brightness 0.5-1.5). A class has a look:
 and a motion (none is left/right, which a flip would undo).
 
 Classes that differ in time only: with ``temporal_pairs=p``, classes ``2k`` and ``2k+1`` (k < p)
-share one look and one motion, a sawtooth over the clip with a uniformly random phase: rising
-(wrapping round from bottom to top), growing (then popping back small) or brightening (then
-dropping dark). Class ``2k`` plays it forward, class ``2k+1`` plays the same clip backward (its
-frames are the forward clip's, reversed). With a uniform phase every frame index has the same
-distribution in both classes, so no selection or average of frames that ignores their order can
-tell the two apart: only a model of time can. The other classes (``label >= 2p``) each have a
-look of their own and a motion of rising, falling, growing, shrinking or blinking; with ``p=0``
-every class is told apart by a single frame.
+share one look and one motion whose phase ramps over the clip (from a random start, over a random
+range): ascending (the object climbs from near the bottom to near the top), expanding (the object
+grows from small to large) or filling (a pale level rises from the bottom edge). Class ``2k``
+plays it forward, class ``2k+1`` plays the same clip backward (its frames are the forward clip's,
+reversed). Both classes thus show the same frames, in opposite orders: the official segment
+sampling of a clip and of its reversal gives (nearly) the same set of frames, so a single frame, or
+the frames' mean, tells the pair but not the class: only a model of time can. The other classes
+(``label >= 2p``) each have a look of their own and a motion of rising, falling, growing,
+shrinking or blinking; with ``p=0`` (the default) every class is told apart by a single frame.
 
 Per clip, the frame count, object position and size, hue (within +-0.02), motion phase and
 pixel noise vary, so a model must learn the class, not the clip. About 200 clips of 12 frames at
