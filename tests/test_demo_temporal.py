@@ -2,6 +2,7 @@
 are each other's reversal, so a model that averages its frames cannot beat 4/7 UAR, while the
 official temporal model can."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -32,6 +33,27 @@ def test_an_unknown_pooling_is_named_by_its_key():
   config.model.temporal_pooling = "max"
   with pytest.raises(config_checks.ConfigError, match="config.model.temporal_pooling='max'"):
     config_checks.check_config(config)
+
+
+def test_mean_pooling_is_the_frames_mean_and_blind_to_their_order():
+  config = demo.get_config()
+  video = np.random.default_rng(0).integers(0, 256, (2, 8, 32, 32, 3), dtype=np.uint8)
+  reversed_video = video[:, ::-1]
+  outputs = {}
+  for pooling in ("transformer", "mean"):
+    config.model.temporal_pooling = pooling
+    bundle = model_setup.build_model(config, jax.random.PRNGKey(0))
+    outputs[pooling] = (bundle.variables, bundle.model.apply(bundle.variables, video, return_features=True),
+                        bundle.model.apply(bundle.variables, reversed_video))
+  # One variable layout for both (checkpoints, optimizer groups): the same tree, the same numbers.
+  jax.tree.map(np.testing.assert_array_equal, outputs["transformer"][0], outputs["mean"][0])
+  _, features, logits_reversed = outputs["mean"]
+  mean = np.asarray(features["frame_features"]).mean(1)
+  np.testing.assert_allclose(features["video_features"], mean / np.linalg.norm(mean, axis=-1, keepdims=True),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(features["logits"], logits_reversed, rtol=1e-4, atol=1e-4)
+  _, features, logits_reversed = outputs["transformer"]
+  assert np.abs(np.asarray(features["logits"]) - np.asarray(logits_reversed)).max() > 1e-2
 
 
 def tiny_demo(data_dir, pooling):
