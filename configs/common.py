@@ -71,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.temporal_heads = 8
   c.model.temporal_dim_head = 64
   c.model.temporal_mlp_dim = 1024
+  c.model.temporal_pooling = "transformer"  # the official model; "mean" = frames averaged (ablation)
   c.model.text_type = "class_descriptor"  # class_names | class_names_with_context | class_descriptor
   c.model.class_texts_file = config_dict.placeholder(str)  # one line per class, overrides text_type
   c.model.normalize_input = False  # the official loader feeds [0, 1] pixels without CLIP mean/std

@@ -13,6 +13,10 @@ def get_config(arg=None):
   c = common.add_openset(c, "DFEW", arg.method)
   c.openset.splits = tuple(int(s) for s in arg.splits.split("+") if s)
   c.data.augmentation = "mafw"
+  # HESP averages its frames (no temporal model): classes told apart by time alone would be
+  # unknowable to it, so every class here has a look of its own.
+  c.data.synthetic.temporal_pairs = 0
+  c.optim.lr.temporal = 1e-3  # dferclip_msp: the rate of the demo before it needed time
   c.data.num_frames = 4
   c.model.text_type = "class_names"
   h = c.hesp

@@ -2,15 +2,27 @@
 
 ``make_synthetic_dataset(out_dir)`` writes JPEG frame folders and ``train.txt`` / ``test.txt``
 (official format: ``frames/<clip> <num_frames> <label>``, paths relative to ``out_dir``) plus
-``classes.txt``. Every class has its own look and motion, each cue chosen to survive the training
-augmentation (random crops down to 8% of the frame, horizontal flips, brightness 0.5-1.5):
+``classes.txt``. Each cue is chosen to survive the training augmentation (random crops down to 8%
+of the frame, horizontal flips, brightness 0.5-1.5). A class has a look:
 
-  * colour: the background hue is ``label / num_classes`` (brightness scales value, not hue) and
-    the moving object is a pale tint of it, so every region of every frame carries the hue;
+  * colour: the background hue is ``look / num_looks`` (brightness scales value, not hue) and
+    the object is a pale tint of it, so every region of every frame carries the hue;
   * texture: horizontal stripes, vertical stripes, checks or none, at two frequencies (all
     mirror-symmetric: a flip must not turn one class into another);
   * shape: disk, square, ring or cross (all mirror-symmetric);
-  * motion: rising, falling, growing, shrinking or blinking (none is left/right).
+
+and a motion (none is left/right, which a flip would undo).
+
+Classes that differ in time only: with ``temporal_pairs=p``, classes ``2k`` and ``2k+1`` (k < p)
+share one look and one motion whose phase ramps over the clip (from a random start, over a random
+range): ascending (the object climbs from near the bottom to near the top), expanding (the object
+grows from small to large) or filling (a pale level rises from the bottom edge). Class ``2k``
+plays it forward, class ``2k+1`` plays the same clip backward (its frames are the forward clip's,
+reversed). Both classes thus show the same frames, in opposite orders: the official segment
+sampling of a clip and of its reversal gives (nearly) the same set of frames, so a single frame, or
+the frames' mean, tells the pair but not the class: only a model of time can. The other classes
+(``label >= 2p``) each have a look of their own and a motion of rising, falling, growing,
+shrinking or blinking; with ``p=0`` (the default) every class is told apart by a single frame.
 
 Per clip, the frame count, object position and size, hue (within +-0.02), motion phase and
 pixel noise vary, so a model must learn the class, not the clip. About 200 clips of 12 frames at
@@ -25,16 +37,19 @@ import dataclasses
 import json
 import os
 import shutil
+
 import numpy as np
 from PIL import Image
 
 from dferclip_jax.data import class_orders
+from dferclip_jax.data import frames as frames_lib
 
 STAMP = "synthetic.json"
-_FORMAT_VERSION = 2  # bump when the rendering changes, so old folders are regenerated
+_FORMAT_VERSION = 3  # bump when the rendering changes, so old folders are regenerated
 _TEXTURES = ("horizontal", "vertical", "checks", "plain")
 _SHAPES = ("disk", "square", "ring", "cross")
-_MOTIONS = ("rise", "fall", "grow", "shrink", "blink")
+_MOTIONS = ("rise", "fall", "grow", "shrink", "blink")  # of the classes outside the pairs
+_PAIR_MOTIONS = ("ascend", "expand", "fill")  # pair k: _PAIR_MOTIONS[k % 3]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +74,14 @@ def synthetic_class_names(num_classes: int) -> tuple[str, ...]:
 
 def make_synthetic_dataset(out_dir: str | os.PathLike, *, num_classes: int = 7,
                            clips_per_class: int = 30, frames_range: tuple[int, int] = (8, 24),
-                           image_size: int = 40, seed: int = 0,
-                           test_fraction: float = 0.2) -> SyntheticDataset:
+                           image_size: int = 40, seed: int = 0, test_fraction: float = 0.2,
+                           temporal_pairs: int = 0) -> SyntheticDataset:
   """Writes (or finds, if already there with the same parameters) the dataset under ``out_dir``.
 
   ``frames_range``: inclusive range of frames per clip. ``test_fraction``: the share of each
   class's clips listed in ``test.txt`` (at least one per class when ``clips_per_class > 1``).
+  ``temporal_pairs``: how many pairs of classes differ only in the direction of time (see the
+  module docstring).
   """
   lo, hi = frames_range
   if num_classes < 2:
@@ -77,10 +94,13 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, *, num_classes: int = 7,
     raise ValueError(f"image_size={image_size}: expected at least 8 pixels")
   if not 0.0 < test_fraction < 1.0:
     raise ValueError(f"test_fraction={test_fraction}: expected a fraction in (0, 1)")
+  if not 0 <= 2 * temporal_pairs <= num_classes:
+    raise ValueError(f"temporal_pairs={temporal_pairs}: expected 0 to {num_classes // 2} pairs "
+                     f"of the {num_classes} classes")
   root = os.path.abspath(out_dir)
   params = dict(version=_FORMAT_VERSION, num_classes=num_classes, clips_per_class=clips_per_class,
                 frames_range=[lo, hi], image_size=image_size, seed=seed,
-                test_fraction=test_fraction)
+                test_fraction=test_fraction, temporal_pairs=temporal_pairs)
   names = synthetic_class_names(num_classes)
   num_test = min(clips_per_class - 1, max(1, round(clips_per_class * test_fraction)))
   result = SyntheticDataset(
@@ -105,11 +125,11 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, *, num_classes: int = 7,
     for k in range(clips_per_class):
       clip = f"c{label:02d}_{k:04d}"
       count = int(rng.integers(lo, hi + 1))
-      video = render_clip(rng, label, num_classes, count, image_size)
+      video = render_clip(rng, label, num_classes, count, image_size, temporal_pairs)
       folder = os.path.join(frames_root, clip)
       os.makedirs(folder)
       for t, frame in enumerate(video):
-        Image.fromarray(frame).save(os.path.join(folder, f"{t:05d}.jpg"), quality=92)
+        Image.fromarray(frame).save(os.path.join(folder, frames_lib.frame_file_name(t, count)), quality=92)
       split = "test" if k < num_test else "train"
       lines[split].append(f"frames/{clip} {count} {label}\n")
   for split, path in (("train", result.train_list), ("test", result.test_list)):
@@ -121,14 +141,25 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, *, num_classes: int = 7,
   return result
 
 
+def class_design(label: int, num_classes: int, temporal_pairs: int = 0) -> tuple[int, int, str, bool]:
+  """-> (look, number of looks, motion, backward) of class ``label``: a pair's two classes share
+  the look and the motion; the second plays it backward."""
+  looks = num_classes - temporal_pairs
+  if label < 2 * temporal_pairs:
+    pair = label // 2
+    return pair, looks, _PAIR_MOTIONS[pair % len(_PAIR_MOTIONS)], label % 2 == 1
+  return label - temporal_pairs, looks, _MOTIONS[label % len(_MOTIONS)], False
+
+
 def render_clip(rng: np.random.Generator, label: int, num_classes: int, num_frames: int,
-                size: int) -> np.ndarray:
-  """One clip of class ``label``: uint8 ``[num_frames, size, size, 3]``."""
-  texture = _TEXTURES[label % len(_TEXTURES)]
-  frequency = 3.0 if (label // len(_TEXTURES)) % 2 == 0 else 6.0
-  shape = _SHAPES[label % len(_SHAPES)]
-  motion = _MOTIONS[label % len(_MOTIONS)]
-  hue = (label / num_classes + rng.uniform(-0.02, 0.02)) % 1.0
+                size: int, temporal_pairs: int = 0) -> np.ndarray:
+  """One clip of class ``label``: uint8 ``[num_frames, size, size, 3]``. The two classes of a pair
+  draw the same numbers from ``rng``: from equal generators, one's clip is the other's reversed."""
+  look, looks, motion, backward = class_design(label, num_classes, temporal_pairs)
+  texture = _TEXTURES[look % len(_TEXTURES)]
+  frequency = 3.0 if (look // len(_TEXTURES)) % 2 == 0 else 6.0
+  shape = _SHAPES[look % len(_SHAPES)]
+  hue = (look / looks + rng.uniform(-0.02, 0.02)) % 1.0
   background = np.array(colorsys.hsv_to_rgb(hue, 0.9, 0.8))
   foreground = np.array(colorsys.hsv_to_rgb(hue, 0.15, 1.0))  # near white: the hue stays the cue
 
@@ -156,8 +187,16 @@ def render_clip(rng: np.random.Generator, label: int, num_classes: int, num_fram
     radius = radius * (0.4 + 1.0 * t)
   elif motion == "shrink":
     radius = radius * (1.4 - 1.0 * t)
-  else:  # blink: on and off every couple of frames, from a random phase
+  elif motion == "blink":  # on and off every couple of frames, from a random phase
     visible = ((np.arange(num_frames) + rng.integers(0, 4)) // 2 % 2 == 0)[:, None, None]
+  else:  # a pair's motion: its phase ramps up over the clip, over a range drawn per clip
+    phase = rng.uniform(0.0, 0.2) + rng.uniform(0.6, 0.8) * t
+    if motion == "ascend":  # from near the bottom to near the top (y grows downwards)
+      cy = 0.9 - 0.8 * phase
+    elif motion == "expand":
+      radius = radius * (0.3 + 1.2 * phase)
+    else:  # fill: a pale level rises from the bottom edge (the object shows through it)
+      level = 1.0 - (0.1 + 0.8 * phase)
   dx, dy = np.abs(x - cx), np.abs(y - cy)
   distance = np.sqrt(dx ** 2 + dy ** 2)
   mask = {
@@ -166,9 +205,12 @@ def render_clip(rng: np.random.Generator, label: int, num_classes: int, num_fram
       "ring": np.abs(distance - radius) < 0.06,
       "cross": ((dx < radius / 3) & (dy < radius)) | ((dy < radius / 3) & (dx < radius)),
   }[shape] & visible                                                   # [T, S, S]
+  if motion == "fill":
+    mask = mask ^ (y > level)
   video = np.where(mask[..., None], foreground, image)
   video = video + rng.normal(0.0, 0.03, video.shape)
-  return np.clip(np.rint(video * 255.0), 0, 255).astype(np.uint8)
+  video = np.clip(np.rint(video * 255.0), 0, 255).astype(np.uint8)
+  return np.ascontiguousarray(video[::-1]) if backward else video
 
 
 def _read_stamp(path: str) -> dict | None:

@@ -31,7 +31,7 @@ from dferclip_jax.models.clip import CLIP, normalize_pixels
 from dferclip_jax.models.clip_config import CLIPConfig
 from dferclip_jax.models.param_tree import check_tree
 from dferclip_jax.models.prompts import POSITIONS, PromptLearner
-from dferclip_jax.models.temporal import TemporalTransformer
+from dferclip_jax.models.temporal import TEMPORAL_POOLINGS, TemporalTransformer
 from dferclip_jax.tokenizer import tokenize
 
 LOGIT_SCALE = 100.0  # the official logits divide by a fixed temperature of 0.01
@@ -51,6 +51,8 @@ class DFERCLIP(nn.Module):
   temporal_heads: int = 8
   temporal_dim_head: int = 64
   temporal_mlp_dim: int = 1024
+  # "transformer" (the official model) or "mean" (an ablation: the frames' mean, blind to order).
+  temporal_pooling: str = "transformer"
   num_frames: int = 16
   context_length: int = 77
   # Positions the text tower runs on (None: all context_length); see ``prompt_text_length``.
@@ -62,6 +64,8 @@ class DFERCLIP(nn.Module):
   def setup(self):
     if self.class_token_position not in POSITIONS:
       raise ValueError(f"class_token_position={self.class_token_position!r}: expected one of {POSITIONS}")
+    if self.temporal_pooling not in TEMPORAL_POOLINGS:
+      raise ValueError(f"temporal_pooling={self.temporal_pooling!r}: expected one of {TEMPORAL_POOLINGS}")
     self.clip = CLIP(self.clip_config, dtype=self.dtype, remat=self.remat)
     self.temporal = self.make_temporal()
     self.prompt_learner = self.make_prompt_learner()
@@ -90,10 +94,18 @@ class DFERCLIP(nn.Module):
       frames = normalize_pixels(frames)
     return self.clip.encode_image(frames).reshape(n, t, -1)
 
+  def pool_frames(self, frame_features):
+    """Per-frame features [N, T, D] -> one feature per video [N, D]."""
+    if self.temporal_pooling == "transformer":
+      return self.temporal(frame_features)
+    if self.is_initializing():  # "mean" keeps the temporal params (unused): one variable layout
+      self.temporal(frame_features)
+    return jnp.mean(frame_features, axis=1)
+
   def encode_video(self, video):
     """Video -> (L2-normalised video features [N, D], per-frame CLIP features [N, T, D])."""
     frame_features = self.encode_frames(video)
-    return l2_normalize(self.temporal(frame_features)), frame_features
+    return l2_normalize(self.pool_frames(frame_features)), frame_features
 
   def encode_prompts(self):
     """The classes' L2-normalised text features [C, D] from the learnable prompts."""

@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 LAYER_NORM_EPS = 1e-5
+# How DFER-CLIP turns frame features into a video feature: this module (the official model) or,
+# as an ablation, their mean (which cannot see the frames' order).
+TEMPORAL_POOLINGS = ("transformer", "mean")
 # PyTorch's nn.Linear weight init: kaiming_uniform_(a=sqrt(5)) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from dferclip_jax.class_texts import TEXT_TYPES
 from dferclip_jax.data import datasets
 from dferclip_jax.models.prompts import POSITIONS
+from dferclip_jax.models.temporal import TEMPORAL_POOLINGS
 
 DTYPES = ("float32", "bfloat16")
 
@@ -69,6 +70,8 @@ def check_config(config) -> None:
              f"config.model.class_texts_file={m.class_texts_file!r}: no such file")
   _require(m.n_ctx >= 1, f"config.model.n_ctx={m.n_ctx}: must be at least 1")
   _require(m.temporal_layers >= 1, f"config.model.temporal_layers={m.temporal_layers}: must be >= 1")
+  _require(m.temporal_pooling in TEMPORAL_POOLINGS,
+           f"config.model.temporal_pooling={m.temporal_pooling!r}: expected one of {TEMPORAL_POOLINGS}")
   if not m.clip:
     _require(len(m.clip_arch) > 0, "config.model.clip is empty (random init) but config.model.clip_arch "
                                    "gives no architecture")

@@ -80,7 +80,8 @@ def synthetic_lists(config, workdir: Path) -> tuple[str, str, str]:
   if distributed.is_writer():
     synthetic.make_synthetic_dataset(
         out, num_classes=len(config.class_names), clips_per_class=s.clips_per_class,
-        frames_range=tuple(s.frames_range), image_size=s.image_size, seed=s.seed)
+        frames_range=tuple(s.frames_range), image_size=s.image_size, seed=s.seed,
+        temporal_pairs=s.temporal_pairs)
   distributed.barrier(f"synthetic data in {out}")  # complete before any other host reads it
   return str(out / "train.txt"), str(out / "test.txt"), str(out)
 

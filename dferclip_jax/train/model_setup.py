@@ -61,6 +61,7 @@ def build_model(config, rng: jax.Array) -> ModelBundle:
       class_specific=m.class_specific, class_token_position=m.class_token_position,
       temporal_layers=m.temporal_layers, temporal_heads=m.temporal_heads,
       temporal_dim_head=m.temporal_dim_head, temporal_mlp_dim=m.temporal_mlp_dim,
+      temporal_pooling=m.temporal_pooling,
       num_frames=config.data.num_frames, normalize_input=m.normalize_input,
       dtype=jnp.dtype(config.dtype), remat=config.remat)
   return ModelBundle(model, variables, tuple(config.class_names), texts)
