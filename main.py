@@ -108,6 +108,9 @@ def main(argv):
     evaluation.run_evaluation(config, workdir, _CHECKPOINT.value)
   elif mode == "zeroshot":
     from dferclip_jax import evaluation
+    if not config.model.clip:  # a usage error, not a crash: the demo's CLIP starts from random weights
+      raise app.UsageError("--mode=zeroshot needs pretrained CLIP weights: set --config.model.clip to a "
+                           "hub id or a local Hugging Face CLIP directory (this config has none)")
     evaluation.run_zeroshot(config, workdir)
   elif mode == "predict":
     _predict(config, workdir)

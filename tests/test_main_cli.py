@@ -108,3 +108,11 @@ def test_mistyped_config_key_fails_before_anything_is_built(tmp_path):
                 check=False, timeout=120)
   assert result.returncode != 0 and "num_frame" in result.stderr
   assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_zeroshot_without_pretrained_clip_is_a_usage_error(tmp_path):
+  result = main("--mode=zeroshot", "--config=configs/demo.py", f"--workdir={tmp_path / 'zs'}",
+                check=False, timeout=120)
+  assert result.returncode != 0 and "--config.model.clip" in result.stderr
+  assert "Traceback" not in result.stderr  # one clear line, not a crash
+  assert not (tmp_path / "zs").exists()
