@@ -125,6 +125,7 @@ def test_table_entries():
   assert datasets.get("afew").default_list(None, "test") == "annotations/afew/val.txt"
   assert datasets.tfds_split(2, "train") == "fold2_train" and datasets.tfds_split(None, "test") == "test"
   assert datasets.get("mafw").tfds_name == "mafw" and datasets.get("synthetic").tfds_name is None
+  assert [n for n in sorted(NAMES) if datasets.get(n).generated] == ["synthetic"]
   assert datasets.get("ferv39k").has_fold(0) and not datasets.get("dfew").has_fold(6)
 
 

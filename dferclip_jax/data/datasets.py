@@ -34,6 +34,7 @@ class Dataset:
   class_names: tuple[str, ...]    # our label order (a constant of ``class_orders``)
   augmentation: str               # DFER-CLIP's training transform for it (a ``data.augment`` kind)
   test_list_split: str = "test"   # the default test list's name: "test" (AFEW's own is "val")
+  generated: bool = False         # made by ``data.synthetic`` into the workdir: no lists to give
   # The layout its publisher ships, read by ``native`` (empty: no native reader). Candidates
   # preferred first; DFEW's frames folder names its rendering ({dfew_frames}, see native).
   frames_dirs: tuple[str, ...] = ()
@@ -96,7 +97,7 @@ DATASETS: Mapping[str, Dataset] = types.MappingProxyType({d.name: d for d in (
             split_files={s: tuple(f"{r}/set_{{fold}}/{s}.txt" for r in _MAFW_SPLIT_ROOTS)
                          for s in SPLITS}),
     Dataset("afew", 0, class_orders.HESP_7, "none", test_list_split="val"),
-    Dataset("synthetic", 5, class_orders.DFERCLIP_7, "mafw"),
+    Dataset("synthetic", 5, class_orders.DFERCLIP_7, "mafw", generated=True),
 )})
 
 # The datasets published with a layout we read (cli.prepare, the TFDS builders): dfew, ferv39k, mafw.

@@ -34,7 +34,7 @@ from absl import logging
 
 from dferclip_jax import class_texts as class_texts_lib, distributed
 from dferclip_jax import evaluation, metrics
-from dferclip_jax.data import pipeline
+from dferclip_jax.data import datasets, pipeline
 from dferclip_jax.openset import hesp_lists
 from dferclip_jax.openset import splits as splits_lib
 from dferclip_jax.train import config_checks, data_setup, model_setup, reporting, trainer
@@ -213,7 +213,7 @@ def use_hesp_mafw_lists(config, workdir: Path):
     raise config_checks.ConfigError(
         f"config.openset.clips='hesp_mafw' needs config.openset.hesp_dataset='MAFW', not "
         f"{o.hesp_dataset!r} (HESP ships lists for MAFW only)")
-  if config.data.source != "lists" or config.dataset == "synthetic" or not config.data.root:
+  if config.data.source != "lists" or datasets.get(config.dataset).generated or not config.data.root:
     raise config_checks.ConfigError(
         "config.openset.clips='hesp_mafw' resolves HESP's MAFW clip ids under config.data.root: "
         "set it to the MAFW root (data/frames/<id> as published, or HESP's frames/Train|Val/...)")

@@ -108,7 +108,8 @@ def train_hesp(config, workdir: Path, model, variables, train_source, mesh, on_e
                               collections={k: v for k, v in variables.items() if k != "params"})
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", "select")
   state, shardings, start, _ = state_lib.init_or_restore(host, tx, mesh, config.shard_min_size, checkpointer)
-  step_fn = jax.jit(make_train_step(model, tx, h), in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
+  step_fn = jax.jit(make_train_step(model, tx, h),
+                    in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
                     out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=(0,))
   writer = reporting.MetricWriter(workdir, resume_step=start, tensorboard=False)
   batches = pipeline.train_batches(

@@ -43,7 +43,8 @@ def check_config(config) -> None:
   _require(d.augmentation in datasets.AUGMENTATIONS,
            f"config.data.augmentation={d.augmentation!r}: expected one of {datasets.AUGMENTATIONS}")
   _require(d.num_frames >= 1, f"config.data.num_frames={d.num_frames}: must be at least 1")
-  if d.source == "lists" and (config.dataset != "synthetic" or synthetic_uses_lists(config)):
+  generated = datasets.get(config.dataset).generated
+  if d.source == "lists" and (not generated or synthetic_uses_lists(config)):
     for field in ("train_list", "test_list"):
       value = d[field]
       _require(bool(value), f"config.data.{field} is empty: give the annotation list file")

@@ -20,7 +20,7 @@ import jax
 from absl import logging
 
 from dferclip_jax import distributed
-from dferclip_jax.data import holdout, pipeline, sources
+from dferclip_jax.data import datasets, holdout, pipeline, sources
 from dferclip_jax.train import config_checks
 from dferclip_jax.train.config_checks import ConfigError
 
@@ -132,7 +132,7 @@ def open_data(config, workdir: str | Path, train: bool = True) -> DataBundle:
 def list_files(config, workdir: Path) -> tuple[str, str, str | None]:
   """-> (train list, test list, root). Lists the user set win, on the synthetic config too."""
   d = config.data
-  if config.dataset != "synthetic":
+  if not datasets.get(config.dataset).generated:
     return d.train_list, d.test_list, d.root
   if config_checks.synthetic_uses_lists(config):
     logging.info("dataset 'synthetic' with explicit lists: training on %s, testing on %s "

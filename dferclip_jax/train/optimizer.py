@@ -4,7 +4,8 @@ Groups are data: ``config.optim.groups`` maps a group name to a regex over '/'-j
 paths (``temporal/cls_token``, ``clip/vision_model/...``), and ``config.optim.lr`` maps the same
 names to learning rates. A parameter matching no group is frozen: it gets no gradient, no
 update and no optimizer state. A parameter matching two groups is an error (a silent first-match
-would hide a typo in a regex). The train state keeps the two apart (``param_tree.split_params``, by ``state.host_state``).
+would hide a typo in a regex). The train state keeps the two apart (``state.host_state``, by
+``param_tree.split_params``).
 
 The update is torch.optim.SGD's, to the letter: the weight decay is added to the gradient
 (``g + wd * p``, not decoupled), then momentum ``buf = m * buf + g`` (first step ``buf = g``), then
