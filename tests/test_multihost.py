@@ -46,12 +46,7 @@ NUM_TEST = 14
 
 def config_for(data_dir, **extra):
   config = demo.get_config(CONFIG_ARG)
-  for key, value in {**OVERRIDES, "data.synthetic.dir": str(data_dir), **extra}.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict({**OVERRIDES, "data.synthetic.dir": str(data_dir), **extra})
   return config
 
 
