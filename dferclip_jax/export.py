@@ -102,4 +102,3 @@ def load_model(directory: str | Path, *, shardings: Callable[[Any], Any] | None 
                             expected, shardings(expected))
       variables = checkpointer.restore(directory / VARIABLES_DIR, target)
   return model, variables, card
-

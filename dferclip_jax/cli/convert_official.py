@@ -22,6 +22,7 @@ from dferclip_jax.data import datasets
 from dferclip_jax.models.dferclip import model_kwargs
 from dferclip_jax.models.prompts import POSITIONS
 
+
 def _define_flags() -> None:
   """Flags exist only when this runs as a program: importing convert() defines none (no clash
   with other tools' --dataset when both are imported, e.g. by the tests)."""
@@ -32,6 +33,7 @@ def _define_flags() -> None:
   flags.DEFINE_enum("dataset", None, datasets.NATIVE,
                     "Records that dataset's class names (DFER-CLIP order) in model.json.")
   flags.DEFINE_list("class_names", None, "Class names in label order (instead of --dataset).")
+
 
 def convert(checkpoint: str, out: str, class_token_position: str = "end",
             class_names: list[str] | None = None) -> dict:

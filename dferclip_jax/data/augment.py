@@ -35,7 +35,8 @@ pixel) and rotation (a per-pixel source lookup) are computed for the crop window
 flip mirrors the uint8 result (flipping commutes with rounding).
 
 Randomness: every draw is a stateless function of the clip seed (shape [2] int64), each op with
-its own stream of the table in ``seeds``, so a clip's augmentation depends only on (seed, position in the stream).
+its own stream of the table in ``seeds``, so a clip's augmentation depends only on (seed,
+position in the stream).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ ROTATION_DEGREES = 4.0
 CROP_AREA = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_TRIES = 10
+
 
 def augment_clip(frames: tf.Tensor, kind: str, size: int, seed) -> tf.Tensor:
   """The training transform of ``kind`` (one of ``KINDS``) -> float32 in [0, 1]."""
@@ -273,4 +275,3 @@ def _randint(seed: tf.Tensor, high) -> tf.Tensor:
   """Uniform integer in [0, high] (inclusive, like ``random.randint(0, high)``)."""
   high = tf.maximum(tf.cast(high, tf.int32), 0)
   return tf.random.stateless_uniform([], seed=seed, minval=0, maxval=high + 1, dtype=tf.int32)
-

@@ -6,9 +6,9 @@ batch ``s`` holds positions ``[s * G, (s + 1) * G)`` with ``G = batch_size * pro
 ``perm_e(p mod n)`` of epoch ``e = p // n``, where ``perm_e`` is a full permutation of the ``n``
 clips drawn from (seed, e) (``tf.random.experimental.index_shuffle``: shuffle before repeat, every
 clip once per epoch, no shuffle buffer). The clip's frame sampling and augmentation are drawn from
-(seed, p); ``seeds`` names every such stream. Nothing depends on what was read before, so ``start_step=k`` yields exactly the
-batches an uninterrupted run yields from step ``k`` without replaying anything, and the global
-batch at a step is the same for any number of hosts.
+(seed, p); ``seeds`` names every such stream. Nothing depends on what was read before, so
+``start_step=k`` yields exactly the batches an uninterrupted run yields from step ``k`` without
+replaying anything, and the global batch at a step is the same for any number of hosts.
 
 Evaluation walks the clips in source order: global batch ``s`` holds positions ``[s * G, (s + 1)
 * G)`` split across hosts the same way; positions ``>= n`` are padding (zeros, ``mask`` False,

@@ -10,10 +10,9 @@ The pipeline asks a source three things, all by example index (the position in t
 ``tf.io.read_file`` (no Python, no GIL). ``open_annotation_list`` builds one from a list: each
 folder is listed once, when the list is validated, and the source keeps that listing (``subset``
 builds sources over some of its clips, e.g. a held-out split, without listing again).
-``TfdsSource`` reads an ArrayRecord TFDS split through
-``tfds.data_source`` random access (one Python call per clip), so both sources give the same
-examples at the same indices and the pipeline's index-derived order and randomness (exact resume)
-apply to both. The frames are the original encoded bytes either way: same pixels, same batches.
+``TfdsSource`` reads an ArrayRecord TFDS split through ``tfds.data_source`` random access (one
+Python call per clip), so both sources give the same examples at the same indices and the
+pipeline's index-derived order and randomness (exact resume) apply to both. The frames are the original encoded bytes either way: same pixels, same batches.
 """
 
 from __future__ import annotations

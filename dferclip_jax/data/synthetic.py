@@ -129,7 +129,8 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, *, num_classes: int = 7,
       folder = os.path.join(frames_root, clip)
       os.makedirs(folder)
       for t, frame in enumerate(video):
-        Image.fromarray(frame).save(os.path.join(folder, frames_lib.frame_file_name(t, count)), quality=92)
+        path = os.path.join(folder, frames_lib.frame_file_name(t, count))
+        Image.fromarray(frame).save(path, quality=92)
       split = "test" if k < num_test else "train"
       lines[split].append(f"frames/{clip} {count} {label}\n")
   for split, path in (("train", result.train_list), ("test", result.test_list)):
@@ -219,4 +220,3 @@ def _read_stamp(path: str) -> dict | None:
       return json.load(f)
   except (OSError, ValueError):
     return None
-

@@ -345,4 +345,3 @@ __all__ = [
     "eot_positions", "init_clip_params", "clip_param_shapes", "normalize_pixels",
     "quick_gelu",
 ]
-

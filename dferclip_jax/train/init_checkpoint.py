@@ -242,4 +242,3 @@ def log_plan(plan: ClassPlan) -> None:
   if plan.dropped_classes:
     logging.info("%s: classes of the checkpoint not in the config (dropped): %s", FIELD,
                  plan.dropped_classes)
-
