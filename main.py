@@ -20,6 +20,7 @@ Any config value can be overridden with --config.<key>=<value>; a mistyped key i
 from __future__ import annotations
 
 import os
+import sys
 
 # Quiet, and keep TensorFlow (the input pipeline) off the accelerators JAX uses.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -71,12 +72,47 @@ def _quiet_library_logs() -> None:
 
   class QuietOrbax(pylogging.Filter):
     def filter(self, record):
-      return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+      if "/orbax/" not in record.pathname:
+        return True
+      # A save's OS error (disk full, permission) is reported once, as one line, by the
+      # Checkpointer; Orbax's threads would each log it with a traceback.
+      from dferclip_jax.train import checkpointing
+      error = record.exc_info[1] if record.exc_info else None
+      message = record.getMessage()
+      return (record.levelno >= pylogging.WARNING and "os_error_code" not in message
+              and "[Errno " not in message
+              and (error is None or checkpointing.os_error_of(error) is None))
 
   logging.get_absl_handler().addFilter(QuietOrbax())
 
 
 def main(argv):
+  """Runs the mode; a preempted run exits with the requeue code, and the errors a user must act on
+  (a failed save, a workdir in use, a NaN) are one line each, not a traceback."""
+  from dferclip_jax.train import checkpointing, preemption, state, workdir_lock
+  try:
+    _run(argv)
+  except preemption.Preempted as stopped:
+    logging.warning("%s", stopped)
+    logging.flush()
+    sys.exit(preemption.REQUEUE_EXIT_CODE)
+  except (checkpointing.CheckpointSaveError, workdir_lock.WorkdirLockedError,
+          state.NonFiniteLossError) as e:
+    logging.error("%s", e)
+    logging.flush()
+    if isinstance(e, checkpointing.CheckpointSaveError):
+      # Orbax's writer threads go on failing, each printing a traceback, until the process is
+      # gone: silence them, write the one line last, and end (the earlier checkpoints are intact).
+      sys.stderr.flush()
+      report = os.dup(2)
+      os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+      os.write(report, f"error: {e}\n".encode())
+      os._exit(1)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _run(argv):
   _quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.root = config_dict.placeholder(str)       # root of relative paths in the lists
   c.data.path_map = ()         # ("old_prefix=new_prefix", ...) for published absolute paths
   c.data.on_bad_clip = "error"  # or "skip": skipped clips are counted and listed
+  # A folder on two lines of one list: "error" names both lines; "warn" logs them, keeps both.
+  c.data.duplicate_clips = "error"
   c.data.val_fraction = 0.0    # > 0: stratified hold-out of the train list; best is chosen on it
   c.data.tfds_name = config_dict.placeholder(str)  # e.g. "dfew"
   c.data.tfds_data_dir = config_dict.placeholder(str)
@@ -102,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.eval_every_epochs = 1
   c.checkpoint_every = 500      # steps; also at every evaluation and at the end
+  # SIGTERM/Ctrl-C: stop at the same step everywhere, save there, exit 75 (requeue); a stop still
+  # running this many seconds after the signal exits at once (README "Preemption").
+  c.preemption_timeout_s = 50.0
   c.best_metric = "eval/uar"    # the official code keeps the best WAR; the papers report UAR too
   c.eval_num_clips = 1          # 1 = the official single centred clip per video
   c.zeroshot_template = "{}"    # --mode=zeroshot prompts: template.format(class text)

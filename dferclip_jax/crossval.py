@@ -19,7 +19,7 @@ import numpy as np
 
 from dferclip_jax import distributed
 from dferclip_jax.data import datasets
-from dferclip_jax.train import reporting
+from dferclip_jax.train import reporting, workdir_lock
 
 RESULTS_FILE = "crossval_results.json"
 
@@ -77,6 +77,12 @@ def run_crossval(config_file: str, overrides: Mapping[str, Any], workdir: str | 
   workdir = Path(workdir)
   base = load_config_file(config_file)
   folds = list(folds) if folds else folds_of(base.dataset)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir):  # each fold's run also locks its own sub-workdir
+    return _run_folds(config_file, overrides, workdir, folds, train_fn)
+
+
+def _run_folds(config_file, overrides, workdir: Path, folds: Sequence[int], train_fn: Callable) -> dict:
   per_fold = []
   for fold in folds:
     fold_dir = workdir / (f"fold_{fold}" if fold else "split")

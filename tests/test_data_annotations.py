@@ -1,5 +1,6 @@
 """Annotation lists: every bad input gives an error naming file, line and field; skip mode lists."""
 
+import errno
 import os
 
 import pytest
@@ -161,3 +162,156 @@ def test_validation_hold_out_is_stratified_seeded_and_disjoint():
   assert any(holdout.split_validation(records, 0.3, seed=s)[1] != val for s in (2, 3, 4))
   with pytest.raises(ValueError, match="holds out no clip"):
     holdout.split_validation(records[:1], 0.3, seed=1)
+
+
+# --------------------------------------------------------------- folders that cannot be listed
+
+LOOP = f"a symlink loop ({os.strerror(errno.ELOOP)})"
+DENIED = os.strerror(errno.EACCES)
+
+
+def _loop(path):
+  """A symlink to itself: listing it (or examining it) fails with ELOOP, for root too."""
+  path.symlink_to(path.name)
+  return path
+
+
+def _deny(monkeypatch, folder):
+  """Permission denied on listing ``folder``. The tests run as root, whom mode bits do not stop,
+  so ``os.scandir`` is made to fail the way it does for a user without read permission."""
+  real = os.scandir
+
+  def scandir(path="."):
+    if os.fspath(path) == str(folder):
+      raise PermissionError(errno.EACCES, DENIED, os.fspath(path))
+    return real(path)
+
+  monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_a_symlink_loop_folder_is_an_error_naming_the_list_line(data, tmp_path):
+  loop = _loop(data / "clips/loop")
+  path = _write(tmp_path / "train.txt", "clips/c 16 1\nclips/loop 3 0\n")
+  with pytest.raises(AnnotationError) as err:
+    read_annotation_list(path, 7, root=data)
+  assert str(err.value) == (f"{path}:2: field frames_dir: folder {loop} cannot be listed: {LOOP} "
+                            f"(listed as 'clips/loop')")
+
+
+def test_a_symlink_loop_frame_is_an_error_naming_the_entry(data, tmp_path):
+  folder = _clip(data, "clips/d", 2)
+  _loop(folder / "00002.jpg")
+  path = _write(tmp_path / "train.txt", "clips/d 2 1\n")
+  with pytest.raises(AnnotationError) as err:
+    read_annotation_list(path, 7, root=data)
+  assert str(err.value) == (f"{path}:1: field frames_dir: folder {folder} cannot be listed: its "
+                            f"entry 00002.jpg: {LOOP} (listed as 'clips/d')")
+
+
+def test_a_folder_without_read_permission_is_an_error_naming_the_list_line(data, tmp_path,
+                                                                            monkeypatch):
+  _deny(monkeypatch, data / "clips/b")
+  path = _write(tmp_path / "train.txt", "clips/a 20 0\nclips/b 5 1\n")
+  with pytest.raises(AnnotationError) as err:
+    read_annotation_list(path, 7, root=data)
+  assert str(err.value) == (f"{path}:2: field frames_dir: folder {data / 'clips/b'} cannot be "
+                            f"listed: {DENIED} (listed as 'clips/b')")
+
+
+def test_skip_mode_skips_and_records_folders_that_cannot_be_listed(data, tmp_path, monkeypatch):
+  loop = _loop(data / "clips/loop")
+  _deny(monkeypatch, data / "clips/b")
+  many = ""
+  for i in range(40):  # enough folders for the listing to run in its thread pool
+    _clip(data, f"clips/more{i}", 2)
+    many += f"clips/more{i} 2 {i % 7}\n"
+  path = _write(tmp_path / "train.txt", f"clips/a 20 0\nclips/loop 3 1\nclips/b 5 2\n{many}")
+  records, skipped = read_annotation_list(path, 7, root=data, on_bad_clip="skip")
+  assert [r.line for r in records] == [1] + list(range(4, 44))
+  assert [str(s) for s in skipped] == [
+      f"{path}:2: field frames_dir: folder {loop} cannot be listed: {LOOP} (listed as 'clips/loop')",
+      f"{path}:3: field frames_dir: folder {data / 'clips/b'} cannot be listed: {DENIED} "
+      f"(listed as 'clips/b')"]
+  assert [(s.line, s.clip) for s in skipped] == [(2, "clips/loop"), (3, "clips/b")]
+
+
+def test_a_source_over_a_folder_that_cannot_be_listed_names_the_record(data):
+  from dferclip_jax.data.records import ClipRecord
+  from dferclip_jax.data.sources import ClipDataError, FolderSource
+  loop = _loop(data / "clips/loop")
+  with pytest.raises(ClipDataError) as err:
+    FolderSource([ClipRecord(str(loop), 3, 0, source="/lists/train.txt", line=7)])
+  assert str(err.value) == f"/lists/train.txt:7: folder {loop} cannot be listed: {LOOP}"
+
+
+def test_an_unreadable_list_file_names_the_file(data, tmp_path):
+  loop = _loop(tmp_path / "train.txt")
+  with pytest.raises(AnnotationError, match=f"{loop}: no such annotation list"):
+    read_annotation_list(loop, 7, root=data)  # isfile is False for a loop: refused up front
+  from dferclip_jax.data import textfiles
+  with pytest.raises(AnnotationError) as err:
+    textfiles.read_lines(str(loop), AnnotationError)
+  assert str(err.value) == f"{loop}: cannot be read ({os.strerror(errno.ELOOP)})"
+
+
+# --------------------------------------------------------------- a folder listed twice
+
+TWICE = ("a clip listed twice is weighted twice in training and counted twice in testing; list "
+         "each folder once, or set data.duplicate_clips='warn' to read the list as written")
+
+
+@pytest.mark.parametrize("again", ["clips/a", "clips/./a", "clips/a/", "clips/x/../a", "clips/link"])
+@pytest.mark.parametrize("on_bad_clip", ["error", "skip"])
+def test_a_folder_listed_twice_is_an_error_naming_both_lines(data, tmp_path, again, on_bad_clip):
+  (data / "clips/link").symlink_to("a")
+  (data / "clips/x").mkdir()
+  path = _write(tmp_path / "train.txt", f"clips/a 20 0\nclips/c 16 1\n{again} 20 4\n")
+  a = data / "clips/a"
+  listed = data / "clips/link" if again == "clips/link" else a
+  alias = f" (listed there as {a}; both resolve to {os.path.realpath(a)})" if listed != a else ""
+  with pytest.raises(AnnotationError) as err:
+    read_annotation_list(path, 7, root=data, on_bad_clip=on_bad_clip)  # skip mode skips no duplicate
+  assert str(err.value) == (f"{path}:3: folder {listed} is already listed at {path}:1, with label 0 "
+                            f"there and 4 here{alias}: {TWICE}")
+
+
+def test_the_same_label_twice_is_the_same_error_and_every_duplicate_is_counted(data, tmp_path):
+  path = _write(tmp_path / "train.txt", "clips/a 20 0\nclips/a 20 0\nclips/c 16 1\nclips/c 16 2\n")
+  with pytest.raises(AnnotationError) as err:
+    read_annotation_list(path, 7, root=data)
+  assert str(err.value) == (f"{path}:2: folder {data / 'clips/a'} is already listed at {path}:1, "
+                            f"with the same label 0 (2 duplicate lines in {path}): {TWICE}")
+
+
+def test_duplicate_clips_warn_logs_both_lines_and_reads_the_list_as_written(data, tmp_path, caplog):
+  caplog.set_level("WARNING")
+  path = _write(tmp_path / "train.txt", "clips/a 20 0\nclips/c 16 1\nclips/./a 20 4\n")
+  records, skipped = read_annotation_list(path, 7, root=data, duplicate_clips="warn")
+  assert [(r.line, r.label) for r in records] == [(1, 0), (2, 1), (3, 4)] and skipped == []
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert warnings == [f"duplicate clip (data.duplicate_clips='warn': both lines kept): {path}:3: "
+                      f"folder {data / 'clips/a'} is already listed at {path}:1, with label 0 "
+                      f"there and 4 here"]
+
+
+def test_an_unknown_duplicate_clips_value_fails(data, tmp_path):
+  path = _write(tmp_path / "train.txt", "clips/a 20 0\n")
+  with pytest.raises(AnnotationError, match=r"duplicate_clips='ignore': expected one of \('error', 'warn'\)"):
+    read_annotation_list(path, 7, root=data, duplicate_clips="ignore")
+
+
+def test_overlapping_train_and_test_lists_are_a_warning_naming_both_lines(data, tmp_path, caplog):
+  caplog.set_level("WARNING")
+  (data / "clips/link").symlink_to("c")
+  train, _ = read_annotation_list(_write(tmp_path / "train.txt", "clips/a 20 0\nclips/c 16 1\n"), 7,
+                                  root=data)
+  test, _ = read_annotation_list(_write(tmp_path / "test.txt", "clips/b 5 2\nclips/link 16 1\n"), 7,
+                                 root=data)
+  found = annotations.warn_overlap(train, test)
+  assert [(first.line, again.line) for first, again, _ in found] == [(2, 2)]
+  [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert warning == (f"1 of 2 test clips are also training clips: the test metrics are inflated by "
+                     f"clips the model was trained on\n  test {tmp_path / 'test.txt'}:2 is train "
+                     f"{tmp_path / 'train.txt'}:2: {data / 'clips/link'}")
+  caplog.clear()
+  assert annotations.warn_overlap(train, test[:1]) == [] and not caplog.records

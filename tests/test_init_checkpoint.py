@@ -178,6 +178,7 @@ def official_run(official_fixture_dir, official_lists, tmp_path_factory):
   cmd = [sys.executable, str(REPO / "main.py"), "--config=configs/dfew.py:fold=1", f"--workdir={workdir}",
          f"--config.init_checkpoint={official_fixture_dir / 'official.pth'}",
          f"--config.data.train_list={official_lists}", f"--config.data.test_list={official_lists}",
+         "--config.data.duplicate_clips=warn",  # the fixture's clips repeat to fill a batch of 8
          "--config.data.augmentation=none", "--config.batch_size=8", "--config.eval_batch_size=8",
          "--config.max_steps=6", "--config.log_every=1", "--config.progress_bars=false"]
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -201,6 +202,7 @@ def test_start_from_official_pth(official_fixture_dir, official_run, official_li
   model, variables = official.load_checkpoint(official_fixture_dir / "official.pth")
   config = dfew.get_config("fold=1")
   config.data.train_list = config.data.test_list = str(official_lists)
+  config.data.duplicate_clips = "warn"
   config.data.augmentation = "none"
   config.batch_size = 8
   assert logged_losses(workdir)[0] == pytest.approx(first_batch_loss(config, workdir, model, variables),
@@ -220,6 +222,7 @@ def test_dfew_model_to_mafw_classes(official_fixture_dir, official_lists, clip_t
   config.init_checkpoint = str(pth)
   config.model.tokenizer = str(clip_tokenizer_dir)
   config.data.train_list = config.data.test_list = str(labels)
+  config.data.duplicate_clips = "warn"  # two clips, repeated to fill a batch of 8
   config.data.augmentation = "none"
   config.batch_size = config.eval_batch_size = 8
   config.max_steps = 2

@@ -22,8 +22,9 @@ class ListWriter:
     self.records.append((step, dict(scalars)))
 
 
-def metrics(loss, grad_norm=1.0):
-  return {"train/loss": np.float32(loss), "train/grad_norm": np.float32(grad_norm)}
+def metrics(loss, grad_norm=1.0, param_norm=1.0):
+  return {"train/loss": np.float32(loss), "train/grad_norm": np.float32(grad_norm),
+          "train/param_norm": np.float32(param_norm)}
 
 
 def test_every_step_is_checked_one_step_late_and_logged_by_the_rule():
@@ -45,6 +46,11 @@ def test_every_step_is_checked_one_step_late_and_logged_by_the_rule():
   checked = state_lib.StepMetrics(ListWriter(), log_every=100)
   checked.add(5, metrics(1.0, grad_norm=np.inf))
   with pytest.raises(state_lib.NonFiniteLossError, match=r"step 5: train/grad_norm is inf"):
+    checked.flush()
+  # The update itself made the NaN (finite loss and gradient): the updated params' norm shows it.
+  checked = state_lib.StepMetrics(ListWriter(), log_every=1)
+  checked.add(4, metrics(1.0, param_norm=np.nan))
+  with pytest.raises(state_lib.NonFiniteLossError, match=r"^step 4: train/param_norm is nan; "):
     checked.flush()
 
 

@@ -12,7 +12,15 @@ Published lists carry their authors' absolute paths, so a path map rewrites pref
 Every problem names the list file, the 1-based line and what is wrong. With
 ``on_bad_clip="error"`` (the default) the first one raises ``AnnotationError``; with ``"skip"`` bad
 lines are left out and returned as ``SkippedClip`` entries, so the caller can count and list them.
+A folder that cannot be listed (a symlink loop, permission denied) is such a bad line.
 A bad ``path_map`` or ``on_bad_clip`` is a configuration error and always raises.
+
+One folder listed on two lines (compared resolved, so ``a/b``, ``a/./b`` and a symlink to it are
+one folder) would be weighted twice in training and counted twice in testing, and with two labels
+the list contradicts itself. With ``duplicate_clips="error"`` (the default) that is an
+``AnnotationError`` naming both lines, whatever ``on_bad_clip`` says (skipping would keep one of
+two labels by position); with ``"warn"`` each duplicate is logged naming both lines and the list is
+read as written. A folder in both the training and the test list is logged by ``warn_overlap``.
 """
 
 from __future__ import annotations
@@ -22,12 +30,17 @@ import os
 import re
 from typing import MutableMapping, Sequence
 
+from absl import logging
+
 from dferclip_jax.data import class_orders
 from dferclip_jax.data import frames as frames_lib
 from dferclip_jax.data import textfiles
 from dferclip_jax.data.records import ClipRecord
 
 ON_BAD_CLIP = ("error", "skip")
+DUPLICATE_CLIPS = ("error", "warn")
+# Duplicates (and train/test overlaps) named one by one in a log; the rest are counted.
+_SHOWN_DUPLICATES = 20
 
 
 class AnnotationError(ValueError):
@@ -86,6 +99,7 @@ def read_annotation_list(
     path_map: str | Sequence[str] | None = None, on_bad_clip: str = "error",
     class_names: Sequence[str] | None = None,
     frame_names: MutableMapping[str, tuple[str, ...]] | None = None,
+    duplicate_clips: str = "error",
 ) -> tuple[list[ClipRecord], list[SkippedClip]]:
   """Reads and validates one list -> (clips, skipped lines).
 
@@ -100,6 +114,8 @@ def read_annotation_list(
     frame_names: optional dict, filled with resolved folder -> sorted frame names, so that
       ``sources.FolderSource`` does not list every folder a second time
       (``sources.open_annotation_list`` passes it on).
+    duplicate_clips: "error" raises on a folder listed twice, naming both lines; "warn" logs
+      each such pair and keeps both lines.
 
   Returns:
     Records with absolute folder paths, the declared frame counts and the list's labels, each
@@ -107,6 +123,8 @@ def read_annotation_list(
   """
   if on_bad_clip not in ON_BAD_CLIP:
     raise AnnotationError(f"on_bad_clip={on_bad_clip!r}: expected one of {ON_BAD_CLIP}")
+  if duplicate_clips not in DUPLICATE_CLIPS:
+    raise AnnotationError(f"duplicate_clips={duplicate_clips!r}: expected one of {DUPLICATE_CLIPS}")
   if num_classes < 1:
     raise AnnotationError(f"num_classes={num_classes}: expected at least 1")
   mapping = parse_path_map(path_map)
@@ -159,6 +177,9 @@ def read_annotation_list(
   records = []
   for line, raw, mapped, matched, folder, count, label in parsed:
     names = listed[folder]
+    if isinstance(names, frames_lib.FolderError):  # a symlink loop, permission denied, ...
+      bad(line, raw, f"field frames_dir: {names} (listed as {raw!r})")
+      continue
     if names is None:
       what = "is not a directory" if os.path.exists(folder) else "does not exist"
       bad(line, raw, f"field frames_dir: folder {folder} {what}"
@@ -171,6 +192,7 @@ def read_annotation_list(
     if frame_names is not None:
       frame_names[folder] = names
     records.append(ClipRecord(path=folder, num_frames=count, label=label, source=source, line=line))
+  _check_duplicates(source, records, duplicate_clips)
   skipped.sort(key=lambda s: s.line)  # text problems were found in the first pass
   if not records:
     detail = f"; all {len(skipped)} lines were skipped, the first: {skipped[0]}" if skipped else ""
@@ -198,6 +220,68 @@ def format_skipped(skipped: Sequence[SkippedClip], limit: int | None = 20) -> st
   if len(shown) < len(skipped):
     lines.append(f"  ... and {len(skipped) - len(shown)} more")
   return "\n".join(lines)
+
+
+def find_duplicates(records: Sequence[ClipRecord], earlier: Sequence[ClipRecord] = ()
+                    ) -> list[tuple[ClipRecord, ClipRecord, str]]:
+  """(first record, record naming its folder again, the resolved folder) for every record of
+  ``records`` whose folder, resolved, an ``earlier`` record or a previous one of ``records`` names."""
+  resolved = frames_lib.resolve_many([r.path for r in earlier] + [r.path for r in records])
+  first: dict[str, ClipRecord] = {}
+  for record in earlier:
+    first.setdefault(resolved[record.path], record)
+  found = []
+  for record in records:
+    real = resolved[record.path]
+    if real in first:
+      found.append((first[real], record, real))
+    elif not earlier:  # within one list: the first line is the one the others repeat
+      first[real] = record
+  return found
+
+
+def _duplicate_text(first: ClipRecord, again: ClipRecord, real: str) -> str:
+  labels = (f"with the same label {again.label}" if first.label == again.label
+            else f"with label {first.label} there and {again.label} here")
+  alias = f" (listed there as {first.path}; both resolve to {real})" if first.path != again.path else ""
+  return f"{again.where()}: folder {again.path} is already listed at {first.where()}, {labels}{alias}"
+
+
+def _check_duplicates(source: str, records: Sequence[ClipRecord], mode: str) -> None:
+  """A folder on two lines: an error naming both ("error"), or a warning for each ("warn")."""
+  found = find_duplicates(records)
+  if not found:
+    return
+  more = f" ({len(found)} duplicate lines in {source})" if len(found) > 1 else ""
+  if mode == "error":
+    raise AnnotationError(
+        f"{_duplicate_text(*found[0])}{more}: a clip listed twice is weighted twice in training and "
+        f"counted twice in testing; list each folder once, or set data.duplicate_clips='warn' to "
+        f"read the list as written")
+  for duplicate in found[:_SHOWN_DUPLICATES]:
+    logging.warning("duplicate clip (data.duplicate_clips='warn': both lines kept): %s",
+                    _duplicate_text(*duplicate))
+  if len(found) > _SHOWN_DUPLICATES:
+    logging.warning("... and %d more duplicate lines in %s", len(found) - _SHOWN_DUPLICATES, source)
+
+
+def warn_overlap(train: Sequence[ClipRecord], test: Sequence[ClipRecord]
+                 ) -> list[tuple[ClipRecord, ClipRecord, str]]:
+  """Logs one warning naming both lines of every test clip whose folder (resolved) the training
+  list also lists -> those (train record, test record, resolved folder) triples.
+
+  Not an error: training and testing on one list is a legitimate check (fitting a fixture, a
+  fine-tuning smoke run), but the test metrics of such clips are not held-out metrics.
+  """
+  found = find_duplicates(test, earlier=train)
+  if found:
+    shown = [f"  test {again.where()} is train {first.where()}: {again.path}"
+             for first, again, _ in found[:_SHOWN_DUPLICATES]]
+    if len(found) > _SHOWN_DUPLICATES:
+      shown.append(f"  ... and {len(found) - _SHOWN_DUPLICATES} more")
+    logging.warning("%d of %d test clips are also training clips: the test metrics are inflated by "
+                    "clips the model was trained on\n%s", len(found), len(test), "\n".join(shown))
+  return found
 
 
 def _read_lines(path: str) -> list[tuple[int, str]]:

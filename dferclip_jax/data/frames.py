@@ -20,6 +20,7 @@ to their frame folders).
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import os
 import re
 from typing import Iterable, Mapping
@@ -65,19 +66,64 @@ def string_order_differs(names: Iterable[str]) -> bool:
   return sorted(names) != sorted(names, key=natural_key)
 
 
+class FolderError(ValueError):
+  """A folder that is there but cannot be listed: a symlink loop, permission denied, an I/O
+  error. The message names the folder (and the entry at fault) and the OS error."""
+
+
+def describe_os_error(err: OSError) -> str:
+  """``[Errno 40] Too many levels ...: 'path'`` -> what it means, without repeating the path."""
+  what = {errno.ELOOP: "a symlink loop", errno.EACCES: "permission denied",
+          errno.EPERM: "permission denied"}.get(err.errno)
+  text = err.strerror or type(err).__name__
+  return f"{what} ({text})" if what and what.lower() != text.lower() else text
+
+
 def list_frames(folder: str | os.PathLike) -> tuple[str, ...] | None:
-  """Frame file names in ``folder``, in natural order; None if ``folder`` is not a directory."""
+  """Frame file names in ``folder``, in natural order; None if ``folder`` is not a directory
+  (missing, a file, a dangling link); ``FolderError`` if it cannot be listed (a symlink loop,
+  permission denied, an entry that cannot be examined)."""
   try:
     entries = list(os.scandir(folder))
   except (FileNotFoundError, NotADirectoryError):
     return None
-  return sort_frames(e.name for e in entries if is_frame_name(e.name) and e.is_file())
+  except OSError as err:
+    raise FolderError(f"folder {folder} cannot be listed: {describe_os_error(err)}") from None
+  names = []
+  for entry in entries:
+    try:
+      if is_frame_name(entry.name) and entry.is_file():  # is_file follows a link: it can fail
+        names.append(entry.name)
+    except OSError as err:
+      raise FolderError(f"folder {folder} cannot be listed: its entry {entry.name}: "
+                        f"{describe_os_error(err)}") from None
+  return sort_frames(names)
 
 
-def list_many(folders: Iterable[str]) -> Mapping[str, tuple[str, ...] | None]:
-  """``list_frames`` for many folders at once (each listed once), keyed by folder."""
+def _listed_or_error(folder: str) -> tuple[str, ...] | None | FolderError:
+  try:
+    return list_frames(folder)
+  except FolderError as err:
+    return err
+
+
+def list_many(folders: Iterable[str]) -> Mapping[str, tuple[str, ...] | None | FolderError]:
+  """``list_frames`` for many folders at once (each listed once), keyed by folder. A folder that
+  cannot be listed maps to its ``FolderError``, not raised, so that the caller can name the list
+  line or skip that clip."""
+  return _each(_listed_or_error, folders)
+
+
+def resolve_many(folders: Iterable[str]) -> Mapping[str, str]:
+  """``os.path.realpath`` of many folders at once, keyed by folder: one folder reached as
+  ``a/b``, ``a/./b`` or through a symlink resolves to one path (a symlink loop, to itself)."""
+  return _each(os.path.realpath, folders)
+
+
+def _each(fn, folders: Iterable[str]) -> dict:
+  """``fn`` of each distinct folder; I/O bound, so from a thread pool when there are many."""
   unique = list(dict.fromkeys(folders))
   if len(unique) < 2 * _LIST_THREADS:
-    return {f: list_frames(f) for f in unique}
+    return {f: fn(f) for f in unique}
   with concurrent.futures.ThreadPoolExecutor(_LIST_THREADS) as pool:
-    return dict(zip(unique, pool.map(list_frames, unique)))
+    return dict(zip(unique, pool.map(fn, unique)))

@@ -57,6 +57,7 @@ class Problem:
   """A listed clip that is left out of the splits, and why.
 
   ``kind`` is one of "missing" (no such folder), "empty" (no frame images), "not_a_folder",
+  "unreadable" (a folder that cannot be listed: a symlink loop, permission denied),
   "duplicate" (listed twice in one file) or "label_mismatch" (FERV39k label disagrees with the
   class folder the clip sits in). ``source``/``line``: the split file (absolute) and the 1-based
   line that listed the clip; ``clip``: its folder relative to the root.
@@ -180,7 +181,11 @@ def read_native(dataset: str, root: str | os.PathLike, *, fold: int | None = Non
         continue
       first_line[clip] = entry.line
       if clip not in listed:
-        listed[clip] = frames_lib.list_frames(os.path.join(root, clip))
+        try:
+          listed[clip] = frames_lib.list_frames(os.path.join(root, clip))
+        except frames_lib.FolderError as err:
+          problems.append(Problem(**where, kind="unreadable", reason=str(err)))
+          continue
       frame_files = listed[clip]
       num_frames = None if frame_files is None else len(frame_files)
       if num_frames is None:

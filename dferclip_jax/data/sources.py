@@ -53,6 +53,8 @@ class FolderSource:
     names, offsets = [], []
     for record in self.records:
       listed = known.get(record.path)
+      if isinstance(listed, frames_lib.FolderError):
+        raise ClipDataError(f"{record.where()}: {listed}")
       if listed is None:
         raise ClipDataError(f"{record.where()}: folder {record.path} does not exist")
       if len(listed) < record.num_frames:

@@ -9,9 +9,13 @@ import re
 
 def read_lines(path: str, error: type[Exception] = ValueError) -> list[tuple[int, str]]:
   """(1-based line number, stripped text) of every non-blank line; a UTF-8 BOM and CRLF or CR
-  line ends are tolerated. Non-UTF-8 bytes raise ``error`` naming the file."""
-  with open(path, "rb") as f:
-    data = f.read()
+  line ends are tolerated. Non-UTF-8 bytes, or a file that cannot be read (permission denied, a
+  symlink loop), raise ``error`` naming the file."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as err:
+    raise error(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
   try:
     text = data.decode("utf-8-sig")
   except UnicodeDecodeError as err:

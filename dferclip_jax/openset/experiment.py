@@ -37,7 +37,7 @@ from dferclip_jax import evaluation, metrics
 from dferclip_jax.data import datasets, pipeline
 from dferclip_jax.openset import hesp_lists
 from dferclip_jax.openset import splits as splits_lib
-from dferclip_jax.train import config_checks, data_setup, model_setup, reporting, trainer
+from dferclip_jax.train import config_checks, data_setup, model_setup, reporting, trainer, workdir_lock
 from dferclip_jax.train import sharding as sharding_lib
 from dferclip_jax.tokenizer import tokenize
 
@@ -246,6 +246,13 @@ def run_openset(config, workdir: str | Path) -> dict:
         f"config.data.source={config.data.source!r}: open-set runs read annotation lists "
         "(config.data.source='lists'); TFDS sources are not split by class")
   config_checks.check_config(config)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir):  # a dferclip_msp split's training also locks its own
+    return _run_splits(config, workdir)
+
+
+def _run_splits(config, workdir: Path) -> dict:
+  o = config.openset
   if o.clips == "hesp_mafw":
     config = use_hesp_mafw_lists(config, workdir)
   table = splits_lib.load_splits(o.hesp_dataset)

@@ -35,7 +35,7 @@ from absl import logging
 from dferclip_jax.data import pipeline
 from dferclip_jax.models import param_tree
 from dferclip_jax.openset import losses
-from dferclip_jax.train import checkpointing, optimizer as optimizer_lib, reporting
+from dferclip_jax.train import checkpointing, optimizer as optimizer_lib, preemption, reporting
 from dferclip_jax.train import sharding as sharding_lib
 from dferclip_jax.train import state as state_lib
 
@@ -87,6 +87,7 @@ def make_train_step(model, tx, h):
     metrics = {"train/loss": loss, **{f"train/loss/{k}": v for k, v in parts.items()},
                "train/accuracy": 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
                "train/grad_norm": optimizer_lib.global_norm(grads),
+               "train/param_norm": optimizer_lib.global_norm(params),
                "train/radius": params["radius"]}
     return {**state, "params": params, "opt": opt, "step": state["step"] + 1}, metrics
 
@@ -122,21 +123,30 @@ def train_hesp(config, workdir: Path, model, variables, train_source, mesh, on_e
   variables_of = lambda s: state_lib.variables_of(s, s["collections"])
   step_metrics = state_lib.StepMetrics(writer, config.log_every, also_log=(total,))
   step = start
-  try:
-    while step < total:
-      local = next(batches)
-      state, metrics = step_fn(state, sharding_lib.global_batch(
-          {"video": local["video"], "label": local["label"]}, mesh))
-      step += 1
-      step_metrics.add(step, metrics)  # checks (and logs) the step before
-      if step % eval_every == 0 or step == total:
-        step_metrics.flush()  # this step's state is evaluated and saved only if its loss is finite
-        scores = on_eval(step, variables_of(state)) if on_eval else {}
-        writer.write(step, scores)
-        checkpointer.save(step, state, {"step": step}, metrics={"select": float(scores.get("select", 0.0))})
-    step_metrics.flush()
-  finally:
-    checkpointer.close()
-    writer.close()
+  with preemption.StopSignals(config.preemption_timeout_s) as stop:
+    try:
+      while step < total:
+        local = next(batches)
+        state, metrics = step_fn(state, sharding_lib.global_batch(
+            {"video": local["video"], "label": local["label"]}, mesh))
+        step += 1
+        step_metrics.add(step, metrics)  # checks (and logs) the step before
+        is_eval = step % eval_every == 0 or step == total
+        if is_eval:
+          step_metrics.flush()  # this step's state is evaluated and saved only if its loss is finite
+          scores = on_eval(step, variables_of(state)) if on_eval else {}
+          writer.write(step, scores)
+          checkpointer.save(step, state, {"step": step},
+                            metrics={"select": float(scores.get("select", 0.0))})
+        if stop.should_stop(step):  # the same step on every process: save there, then stop
+          step_metrics.flush()
+          if not is_eval:
+            checkpointer.save(step, state, {"step": step})
+          checkpointer.wait()
+          raise preemption.Preempted(step, workdir)
+      step_metrics.flush()
+    finally:
+      checkpointer.close()
+      writer.close()
   logging.info("HESP trained %d steps in %s", step, workdir)
   return variables_of(state)

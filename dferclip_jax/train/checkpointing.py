@@ -8,6 +8,10 @@ best-so-far), so a restarted run continues exactly where the checkpoint left it.
 
 from __future__ import annotations
 
+import contextlib
+import errno as errno_lib
+import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +29,32 @@ RETIRED_STATE_KEYS = ("rng",)
 
 class CheckpointNotFoundError(FileNotFoundError):
   """A ``--checkpoint`` reference that names nothing on disk; the message lists what exists."""
+
+
+class CheckpointSaveError(OSError):
+  """A save failed on the storage (disk full, permission): the message names the path and the OS
+  error; the checkpoints saved before it are untouched and resume as usual."""
+
+
+# TensorStore reports an OS error inside its message: 'Failed to write ...: No space left on device
+# [os_error_code='28']'.
+_OS_ERROR_CODE = re.compile(r"os_error_code=\W?(\d+)")
+
+
+def os_error_of(error: BaseException) -> tuple[int, str] | None:
+  """(errno, path or "") of the OS error behind ``error`` (a Python OSError, or TensorStore's
+  in its message), or None when it is not one."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno:
+      return error.errno, error.filename or ""
+    found = _OS_ERROR_CODE.search(str(error))
+    if found:
+      paths = re.findall(r'"(/[^"]+)"', str(error))
+      return int(found.group(1)), paths[-1] if paths else ""
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def selection_key(value: float, step: int) -> tuple[float, int]:
@@ -52,6 +82,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(preservation_policy=keep,
                                            enable_async_checkpointing=asynchronous, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._saving = None  # the step of the save in flight (its errors come out later)
+    self._failed = False
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -66,7 +98,54 @@ class Checkpointer:
       return
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta)))
     metrics = {**metrics, "step": int(step)} if metrics else None  # "step" breaks ties: selection_key
-    self.manager.save(step, args=args, metrics=metrics, force=force)
+    self.wait()  # the previous save's error, if any, named by its own step
+    with self._storage_errors(step):
+      self.manager.save(step, args=args, metrics=metrics, force=force)
+    self._saving = step
+
+  def wait(self) -> None:
+    """Until the save in flight is on disk (its storage error, if any, raised here)."""
+    with self._storage_errors(self._saving):
+      self.manager.wait_until_finished()
+      self._check_finished(self._saving)
+
+  def _check_finished(self, step) -> None:
+    """Orbax logs some failed writes (its metadata file) instead of raising them; a local save is
+    finished when its temporary folder has been renamed to the step's."""
+    if step is None or "://" in str(self.directory) or (self.directory / str(step)).is_dir():
+      return
+    stats = os.statvfs(self.directory)
+    if stats.f_bavail * stats.f_frsize < (1 << 20):
+      raise OSError(errno_lib.ENOSPC, os.strerror(errno_lib.ENOSPC), str(self.directory))
+    raise OSError(errno_lib.EIO, "the save did not finish (see the log above)", str(self.directory))
+
+  @contextlib.contextmanager
+  def _storage_errors(self, step):
+    """Turns a save's OS error (raised now or by its background thread) into one
+    ``CheckpointSaveError`` naming the path and the error, after removing the unfinished save."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 -- only OS errors are converted; the rest re-raised
+      found = os_error_of(e)
+      if found is None:
+        raise
+      self._failed = True  # close() removes the unfinished save, once Orbax's threads are done
+      code, path = found
+      error = CheckpointSaveError(
+          f"could not save the checkpoint of step {step} in {self.directory}: {os.strerror(code)} "
+          f"({errno_lib.errorcode.get(code, code)}) writing {path or self.directory}; the "
+          f"checkpoints before it are kept (steps {self._finished_steps()}) and the run resumes "
+          f"from the latest of them")
+      error.errno = code
+      raise error from None
+
+  def _finished_steps(self) -> list[int]:
+    return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
+  def _remove_unfinished(self) -> None:
+    import shutil
+    for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+      shutil.rmtree(tmp, ignore_errors=True)
 
   def restore(self, step: int, abstract_state):
     """-> (state laid out as ``abstract_state``'s shardings, meta dict). ``RETIRED_STATE_KEYS``
@@ -144,5 +223,10 @@ class Checkpointer:
     return state_lib.variables_of(restored, {"prompts": restored["prompts"]})
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    if self._failed:
+      # Reported already. Closing the manager would wait on writes that keep failing, each with
+      # a traceback: the process ends (main.py) with the earlier checkpoints intact instead.
+      self._remove_unfinished()
+      return
+    self.wait()
     self.manager.close()

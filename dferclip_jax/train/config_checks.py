@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dferclip_jax.class_texts import TEXT_TYPES
-from dferclip_jax.data import datasets
+from dferclip_jax.data import annotations, datasets
 from dferclip_jax.models.prompts import POSITIONS
 from dferclip_jax.models.temporal import TEMPORAL_POOLINGS
 
@@ -40,6 +40,9 @@ def check_config(config) -> None:
   _require(d.source in ("lists", "tfds"), f"config.data.source={d.source!r}: expected 'lists' or 'tfds'")
   _require(d.on_bad_clip in ("error", "skip"),
            f"config.data.on_bad_clip={d.on_bad_clip!r}: expected 'error' or 'skip'")
+  _require(d.duplicate_clips in annotations.DUPLICATE_CLIPS,
+           f"config.data.duplicate_clips={d.duplicate_clips!r}: expected one of "
+           f"{annotations.DUPLICATE_CLIPS} (a folder listed twice in one list)")
   _require(d.augmentation in datasets.AUGMENTATIONS,
            f"config.data.augmentation={d.augmentation!r}: expected one of {datasets.AUGMENTATIONS}")
   _require(d.num_frames >= 1, f"config.data.num_frames={d.num_frames}: must be at least 1")
@@ -85,13 +88,42 @@ def check_config(config) -> None:
     _require(config.max_steps >= 1, f"config.max_steps={config.max_steps}: must be positive (or unset)")
   _require(config.best_metric in ("eval/uar", "eval/war"),
            f"config.best_metric={config.best_metric!r}: expected 'eval/uar' or 'eval/war'")
-  _require(0.0 <= config.label_smoothing < 1.0,
-           f"config.label_smoothing={config.label_smoothing}: must be in [0, 1)")
   o = config.optim
-  _require(o.momentum >= 0 and o.weight_decay >= 0,
-           "config.optim.momentum and config.optim.weight_decay must be non-negative")
   _require(set(o.lr.keys()) >= set(o.groups.keys()),
            f"config.optim.lr lacks a learning rate for groups {sorted(set(o.groups) - set(o.lr))}")
+  check_numerics(config)
+
+
+# (config path, lowest, highest, whether the lowest is allowed): every number the update and the
+# loss are made of. NaN and inf pass no comparison a config could state, so each is tested here.
+def _numeric_ranges(config):
+  inf = float("inf")
+  ranges = [(f"optim.lr.{group}", 0.0, inf, True) for group in config.optim.lr.keys()]
+  ranges += [("optim.momentum", 0.0, 1.0, True), ("optim.weight_decay", 0.0, inf, True),
+             ("optim.gamma", 0.0, inf, False), ("label_smoothing", 0.0, 1.0, True),
+             ("preemption_timeout_s", 0.0, inf, False)]
+  if "hesp" in config:
+    ranges += [("hesp.lr", 0.0, inf, True), ("hesp.lr_context", 0.0, inf, True),
+               ("hesp.momentum", 0.0, 1.0, True), ("hesp.weight_decay", 0.0, inf, True),
+               ("hesp.normalized_step", 0.0, inf, True), ("hesp.temperature", 0.0, inf, False),
+               ("hesp.weight_pl", 0.0, inf, True), ("hesp.contrastive_temperature", 0.0, inf, False)]
+  return ranges
+
+
+def check_numerics(config) -> None:
+  """Learning rates, momentum, weight decay, smoothing, temperatures: finite numbers in range,
+  or a ``ConfigError`` naming the key (``--config.optim.lr.temporal=nan`` fails here, before
+  anything compiles, not as a NaN loss some steps later)."""
+  import math
+  for path, low, high, low_ok in _numeric_ranges(config):
+    node = config
+    for part in path.split("."):
+      node = node[part]
+    value = node
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and (value >= low if low_ok else value > low) and value < high)
+    interval = f"{'[' if low_ok else '('}{low:g}, {high:g})"
+    _require(ok, f"config.{path}={value!r}: must be a finite number in {interval}")
 
 
 def check_list_overrides(config, overridden) -> None:

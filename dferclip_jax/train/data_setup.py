@@ -20,7 +20,7 @@ import jax
 from absl import logging
 
 from dferclip_jax import distributed
-from dferclip_jax.data import datasets, holdout, pipeline, sources
+from dferclip_jax.data import annotations, datasets, holdout, pipeline, sources
 from dferclip_jax.train import config_checks
 from dferclip_jax.train.config_checks import ConfigError
 
@@ -90,7 +90,8 @@ def read_list(config, path: str, root: str | None) -> tuple[sources.FolderSource
   """An annotation list as the config reads it -> (its source, the skipped lines)."""
   source, skipped = sources.open_annotation_list(
       path, len(config.class_names), root=root, path_map=config.data.path_map or None,
-      on_bad_clip=config.data.on_bad_clip, class_names=tuple(config.class_names))
+      on_bad_clip=config.data.on_bad_clip, class_names=tuple(config.class_names),
+      duplicate_clips=config.data.duplicate_clips)
   for clip in skipped:
     logging.warning("skipped clip %s", clip)
   return source, skipped
@@ -113,6 +114,8 @@ def open_data(config, workdir: str | Path, train: bool = True) -> DataBundle:
     train_list, test_list, root = list_files(config, Path(workdir))
     train, skipped_train = read_list(config, train_list, root) if train else (None, [])
     test, skipped_test = read_list(config, test_list, root)
+    if train:
+      annotations.warn_overlap(train.records, test.records)  # leakage: logged, naming both lines
     skipped = skipped_train + skipped_test
     if skipped:
       logging.warning("%d clip(s) skipped (config.data.on_bad_clip='skip'); listed in results.json",

@@ -4,8 +4,8 @@ A plain dict: ``params`` (the trainable params only), ``frozen`` (the params in 
 gradient, no update, no optimizer state), the model's other collections (the closed-set state's
 ``prompts``; HESP's loop keeps its under ``collections``), ``opt`` (the optax state over
 ``params``) and ``step``. Born sharded on the mesh, or restored from the latest checkpoint onto
-any mesh. Both loops check every step's loss and gradient norm for NaN/inf the same way
-(``StepMetrics``).
+any mesh. Both loops check every step's loss, gradient norm and updated-param norm for NaN/inf
+the same way (``StepMetrics``).
 """
 
 from __future__ import annotations
@@ -90,8 +90,10 @@ def init_or_restore(host: dict, tx, mesh, shard_min_size: int, checkpointer):
 
 
 def check_finite(step: int, values: Mapping) -> None:
-  """Stops on a NaN/inf loss or gradient norm in a step's (host) metrics."""
-  for name in ("train/loss", "train/grad_norm"):
+  """Stops on a NaN/inf loss, gradient norm or norm of the updated params in a step's (host)
+  metrics: the update itself can make the NaN (a learning rate of inf, an overflow in the
+  optimizer), and a state that holds one must never be evaluated or saved."""
+  for name in ("train/loss", "train/grad_norm", "train/param_norm"):
     if not math.isfinite(float(values[name])):
       raise NonFiniteLossError(f"step {step}: {name} is {float(values[name])}; stopping (the last "
                                f"checkpoint holds the state before it)")

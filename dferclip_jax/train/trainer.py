@@ -12,6 +12,7 @@ The train state and the every-step NaN check are ``state.py``'s, shared with HES
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -21,7 +22,7 @@ from absl import logging
 from dferclip_jax import distributed, evaluation, inference, metrics as metrics_lib
 from dferclip_jax import plots
 from dferclip_jax.train import checkpointing, config_checks, data_setup, model_setup, optimizer, reporting
-from dferclip_jax.train import init_checkpoint
+from dferclip_jax.train import init_checkpoint, preemption, workdir_lock
 from dferclip_jax.train import sharding as sharding_lib
 from dferclip_jax.train import state as state_lib
 from dferclip_jax.train import train_step as steps
@@ -29,13 +30,19 @@ from dferclip_jax.train import train_step as steps
 
 def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle | None = None) -> dict:
   """Trains per ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the final
-  evaluation report. ``data`` replaces what the config's data section would open (the open-set
-  experiments pass the known-class clips)."""
+  evaluation report (a finished run's, unchanged, when it is run again). ``data`` replaces what
+  the config's data section would open (the open-set experiments pass the known-class clips).
+  SIGTERM/SIGINT stop it at the same step on every process, after a save there: ``Preempted``."""
   workdir = Path(workdir)
+  config_checks.check_config(config)  # every bad value fails here, before anything is written
   workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir):  # before anything is written into it
+    return _train_locked(config, workdir, data)
 
-  # ---------------------------------------------------------------------- checks, mesh
-  config_checks.check_config(config)  # every bad value fails here, before any compilation
+
+def _train_locked(config, workdir: Path, data) -> dict:
+  # ---------------------------------------------------------------------- mesh
+  workdir_lock.clean_stale_tmp_checkpoints(workdir / "checkpoints")
   mesh = sharding_lib.make_mesh(config.mesh, num_devices=config.num_devices)
   local_batch = sharding_lib.check_batch_size(config.batch_size, mesh, "config.batch_size")
   local_eval_batch = sharding_lib.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
@@ -53,6 +60,12 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
     raise config_checks.ConfigError("config.data.val_fraction > 0, but this job supplies its own data "
                                     "without a validation set: set it to 0")
   selection = "val" if data.val_source is not None else "eval"  # where "best" is chosen
+  finished = _finished_results(workdir, total_steps)
+  if finished is not None:
+    logging.info("%s is a finished run (step %d of %d, results.json): nothing to train; its final "
+                 "test UAR %.2f, WAR %.2f", workdir, finished["steps"], total_steps,
+                 finished["final"]["uar"], finished["final"]["war"])
+    return finished
 
   # ---------------------------------------------------------------------- model
   if config.init_checkpoint:  # a trained model's architecture and weights (fine-tuning)
@@ -96,7 +109,7 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
   test_selected = meta.get("test_selected", best)
   metric_name = config.best_metric.split("/", 1)[1]  # uar | war
 
-  def evaluate_split(step: int, split: str, prefix: str) -> dict:
+  def evaluate_split(step: int, split: str, prefix: str, record: bool = True) -> dict:
     variables = state_lib.variables_of(state, {"prompts": state["prompts"]})
     cm, loss = evaluation.evaluate_batches(
         eval_step, variables,
@@ -106,18 +119,20 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
     report = metrics_lib.classification_report(cm, bundle.class_names)
     scalars = {f"{prefix}/uar": report["uar"], f"{prefix}/war": report["war"], f"{prefix}/loss": loss}
     scalars.update({f"{prefix}/recall/{name}": r for name, r in report["recall"].items()})
-    writer.write(step, scalars, {f"{prefix}/confusion_matrix": report["confusion_matrix"],
-                                 "epoch": step / steps_per_epoch})
+    if record:  # False: an evaluation the metrics already hold, redone after a resume
+      writer.write(step, scalars, {f"{prefix}/confusion_matrix": report["confusion_matrix"],
+                                   "epoch": step / steps_per_epoch})
     logging.info("step %d %s: UAR %.2f WAR %.2f loss %.4f", step, prefix, report["uar"], report["war"],
                  loss)
     return {**report, "loss": loss, "step": step}
 
-  def run_eval(step: int) -> dict:
+  def run_eval(step: int, record: bool = True) -> dict:
     """The test report, with the validation one under "val" when there is a validation set."""
-    report = evaluate_split(step, "test", "eval")
-    _write_eval_files(workdir, report, bundle.class_names, step, suffix="")
+    report = evaluate_split(step, "test", "eval", record)
+    if record:
+      _write_eval_files(workdir, report, bundle.class_names, step, suffix="")
     if selection == "val":
-      report["val"] = evaluate_split(step, "val", "val")
+      report["val"] = evaluate_split(step, "val", "val", record)
     return report
 
   # ---------------------------------------------------------------------- training loop
@@ -126,40 +141,49 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
   step_metrics = state_lib.StepMetrics(writer, config.log_every, also_log=(1,))
   last_eval = None
   step = start_step
-  try:
-    while step < total_steps:
-      local = next(batches)
-      batch = sharding_lib.global_batch({"video": local["video"], "label": local["label"]}, mesh)
-      state, metrics = train_step(state, batch)
-      step += 1
-      step_metrics.add(step, metrics)  # checks (and logs) the step before: no pipeline stall
+  stop = preemption.StopSignals(config.preemption_timeout_s)
+  with stop:
+    try:
+      while step < total_steps:
+        local = next(batches)
+        batch = sharding_lib.global_batch({"video": local["video"], "label": local["label"]}, mesh)
+        state, metrics = train_step(state, batch)
+        step += 1
+        step_metrics.add(step, metrics)  # checks (and logs) the step before: no pipeline stall
+        if bar is not None:
+          bar.update(1)
+        is_eval = step % eval_every == 0 or step == total_steps
+        saves = is_eval or step % config.checkpoint_every == 0
+        if saves:
+          step_metrics.flush()  # this step's state is evaluated or saved only if its loss is finite
+        if is_eval:
+          last_eval = run_eval(step)
+          value = (last_eval["val"] if selection == "val" else last_eval)[metric_name]
+          if checkpointing.is_better(value, step, best):
+            best = _selected(f"{selection}/{metric_name}", value, step, last_eval,
+                             "val" if selection == "val" else "test")
+            _write_eval_files(workdir, last_eval, bundle.class_names, step, suffix="_best")
+          if checkpointing.is_better(last_eval[metric_name], step, test_selected):
+            test_selected = _selected(f"eval/{metric_name}", last_eval[metric_name], step, last_eval,
+                                      "test")
+          checkpointer.save(step, state, _meta(step, steps_per_epoch, best, test_selected, data, config),
+                            metrics={config.best_metric: value})
+        elif step % config.checkpoint_every == 0:
+          checkpointer.save(step, state, _meta(step, steps_per_epoch, best, test_selected, data, config))
+        if stop.should_stop(step):  # the same step on every process
+          step_metrics.flush()  # logs this step; a NaN state is never saved
+          if not saves:
+            checkpointer.save(step, state, _meta(step, steps_per_epoch, best, test_selected, data, config))
+          checkpointer.wait()
+          raise preemption.Preempted(step, workdir)
+      step_metrics.flush()
+      if last_eval is None:  # resumed after the final evaluation: the metrics hold it already
+        last_eval = run_eval(step, record=False)
+    finally:
       if bar is not None:
-        bar.update(1)
-      is_eval = step % eval_every == 0 or step == total_steps
-      if is_eval or step % config.checkpoint_every == 0:
-        step_metrics.flush()  # this step's state is evaluated or saved only if its loss is finite
-      if is_eval:
-        last_eval = run_eval(step)
-        value = (last_eval["val"] if selection == "val" else last_eval)[metric_name]
-        if checkpointing.is_better(value, step, best):
-          best = _selected(f"{selection}/{metric_name}", value, step, last_eval,
-                           "val" if selection == "val" else "test")
-          _write_eval_files(workdir, last_eval, bundle.class_names, step, suffix="_best")
-        if checkpointing.is_better(last_eval[metric_name], step, test_selected):
-          test_selected = _selected(f"eval/{metric_name}", last_eval[metric_name], step, last_eval, "test")
-        checkpointer.save(step, state, _meta(step, steps_per_epoch, best, test_selected, data, config),
-                          metrics={config.best_metric: value})
-      elif step % config.checkpoint_every == 0:
-        checkpointer.save(step, state, _meta(step, steps_per_epoch, best, test_selected, data, config))
-    step_metrics.flush()
-  finally:
-    if bar is not None:
-      bar.close()
-    checkpointer.close()
-    writer.close()
-
-  if last_eval is None:  # resumed after the final evaluation: report what the checkpoint holds
-    last_eval = run_eval(step)
+        bar.close()
+      checkpointer.close()
+      writer.close()
   # "best" is what --checkpoint=best restores (chosen on the validation set when there is one);
   # "test_selected" is the best on the test set, the official code's figure, named for what it is.
   summary = {"final": {k: last_eval[k] for k in ("uar", "war", "loss", "step", "recall")},
@@ -178,6 +202,17 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
 
 
 # ------------------------------------------------------------------------ helpers
+
+
+def _finished_results(workdir: Path, total_steps: int) -> dict | None:
+  """results.json of a run that has trained all ``total_steps``, or None."""
+  path = workdir / "results.json"
+  if not path.is_file():
+    return None
+  results = json.loads(path.read_text())
+  if results.get("complete") and results.get("steps") == total_steps:
+    return results
+  return None
 
 
 def _selected(metric: str, value: float, step: int, report: dict, selected_on: str) -> dict:

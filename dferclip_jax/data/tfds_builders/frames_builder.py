@@ -7,7 +7,8 @@ The manual folder (``--manual_dir``, or ``DownloadConfig(manual_dir=...)``) hold
   * annotation lists in the DFER-CLIP format with paths relative to the manual folder (what
     ``python -m dferclip_jax.cli.prepare --out=<manual_dir>`` writes, or the official lists with a
     ``path_map.txt``: one ``old_prefix=new_prefix`` a line), at the top of the folder or in
-    ``annotations/``. Every line is validated as for training (``on_bad_clip="error"``).
+    ``annotations/``. Every line is validated as for training (``on_bad_clip="error"``; a folder
+    listed twice in one list is an error too, ``duplicate_clips="error"``).
 
 Each example is one clip: the original bytes of its first ``num_frames`` frames in natural name
 order (``frames.list_frames``: 2.jpg before 10.jpg; no re-encoding: the pixels are those of the
@@ -132,7 +133,10 @@ class FramesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, root: str, records: list[ClipRecord]) -> Iterator[tuple[int, dict]]:
     for index, record in enumerate(records):
       folder = record.path if os.path.isabs(record.path) else os.path.join(root, record.path)
-      names = frames_lib.list_frames(folder) or ()
+      try:
+        names = frames_lib.list_frames(folder) or ()
+      except frames_lib.FolderError as err:  # the folder changed since it was validated
+        raise frames_lib.FolderError(f"{record.where()}: {err}") from None
       if len(names) < record.num_frames:  # the folder changed since it was validated
         raise FileNotFoundError(f"{record.where()}: {folder} holds {len(names)} frames, "
                                 f"{record.num_frames} expected")
