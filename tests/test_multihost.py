@@ -81,6 +81,17 @@ def start_process(args, port, index, num=2):
                           text=True, start_new_session=True)
 
 
+def wait_for_step(procs, workdir, step: int, timeout: float = 600) -> None:
+  """Until ``step``'s train loss is logged, with every process of ``procs`` still running."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if step in train_losses(workdir):
+      break
+    time.sleep(0.02)
+  assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+  assert step in train_losses(workdir), f"step {step} never logged"
+
+
 def train_losses(workdir) -> dict[int, float]:
   records = [r for r in reporting.read_metrics(workdir) if "train/loss" in r]
   steps = [r["step"] for r in records]
@@ -149,13 +160,7 @@ def test_processes_topologies_kill_and_restart(tmp_path, data_dir, reference):
   port = free_port()
   procs = [start_process(args, port, i) for i in range(2)]
   try:
-    deadline = time.time() + 600
-    while time.time() < deadline and all(p.poll() is None for p in procs):
-      if 7 in train_losses(workdir):
-        break
-      time.sleep(0.05)
-    assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
-    assert 7 in train_losses(workdir), "step 7 never logged"
+    wait_for_step(procs, workdir, 7)
     os.killpg(procs[1].pid, signal.SIGKILL)
     killed_at = time.time()
     rc = procs[0].wait(timeout=EXIT_BOUND_S)

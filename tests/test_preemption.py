@@ -70,6 +70,23 @@ def stop_and_wait(proc, sig=signal.SIGTERM, timeout=STOP_BOUND_S) -> tuple[int, 
   return code, time.time() - sent
 
 
+def signalled(cmd, log_path, ready, sig=signal.SIGTERM, timeout=STOP_BOUND_S, second=False):
+  """Starts ``cmd``, sends ``sig`` once ``ready()`` holds (and, with ``second``, again once the
+  run has logged receiving the first); -> (the ended process, seconds from the last signal to its
+  exit, its log). A run still alive after ``timeout`` is killed and fails the test."""
+  proc = start(cmd, log_path)
+  try:
+    wait_until(proc, ready)
+    if second:
+      proc.send_signal(sig)  # two signals sent back to back could merge into one pending signal
+      wait_until(proc, lambda: f"{sig.name} received" in log_path.read_text(), timeout=60)
+    _, took = stop_and_wait(proc, sig, timeout)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  return proc, took, log_path.read_text()
+
+
 def checkpoint_steps(workdir) -> list[int]:
   path = workdir / "checkpoints"
   return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []
@@ -100,15 +117,9 @@ def assert_equals_reference(workdir, reference):
 
 def test_sigterm_saves_the_step_and_the_rerun_loses_nothing(tmp_path, data_dir, reference):
   workdir = tmp_path / "run"
-  proc = start(command(workdir, data_dir), tmp_path / "log1")
-  try:
-    wait_until(proc, lambda: 3 in train_steps(workdir))
-    code, took = stop_and_wait(proc)
-  finally:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-  log = (tmp_path / "log1").read_text()
-  assert code == preemption.REQUEUE_EXIT_CODE, log[-3000:]
+  proc, took, log = signalled(command(workdir, data_dir), tmp_path / "log1",
+                              lambda: 3 in train_steps(workdir))
+  assert proc.returncode == preemption.REQUEUE_EXIT_CODE, log[-3000:]
   print(f"SIGTERM to exit: {took:.1f} s")
   logged = train_steps(workdir)
   assert logged == list(range(1, logged[-1] + 1)) and logged[-1] < STEPS
@@ -140,19 +151,13 @@ def test_sigterm_during_an_evaluation(tmp_path, data_dir, reference):
   """The signal lands while step 5's evaluation runs (its train record written, its eval record
   not yet): the evaluation finishes, the step is saved with it, and the rerun equals the reference."""
   workdir = tmp_path / "run"
-  proc = start(command(workdir, data_dir), tmp_path / "log")
 
   def evaluating():
     records = reporting.read_metrics(workdir)
     return 5 in [r["step"] for r in records if "train/loss" in r] and not any("eval/uar" in r for r in records)
 
-  try:
-    wait_until(proc, evaluating)
-    code, _ = stop_and_wait(proc)
-  finally:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-  assert code == preemption.REQUEUE_EXIT_CODE, (tmp_path / "log").read_text()[-3000:]
+  proc, _, log = signalled(command(workdir, data_dir), tmp_path / "log", evaluating)
+  assert proc.returncode == preemption.REQUEUE_EXIT_CODE, log[-3000:]
   assert [r["step"] for r in reporting.read_metrics(workdir) if "eval/uar" in r] == [5]
   assert checkpoint_steps(workdir) == [5]
   again = run(command(workdir, data_dir))
@@ -163,16 +168,9 @@ def test_sigterm_during_an_evaluation(tmp_path, data_dir, reference):
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path, data_dir):
   workdir = tmp_path / "run"
-  proc = start(command(workdir, data_dir), tmp_path / "log")
-  try:
-    wait_until(proc, lambda: 2 in train_steps(workdir))
-    proc.send_signal(signal.SIGINT)
-    code, took = stop_and_wait(proc, signal.SIGINT, timeout=10)
-  finally:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-  log = (tmp_path / "log").read_text()
-  assert code == preemption.REQUEUE_EXIT_CODE, log[-3000:]
+  proc, _, log = signalled(command(workdir, data_dir), tmp_path / "log",
+                           lambda: 2 in train_steps(workdir), signal.SIGINT, timeout=10, second=True)
+  assert proc.returncode == preemption.REQUEUE_EXIT_CODE, log[-3000:]
   assert "SIGINT received: stopping after the current step" in log
   assert "a second signal (SIGINT): exiting at once" in log
 
@@ -182,15 +180,9 @@ def test_a_stop_past_its_timeout_exits_at_once_and_the_run_resumes(tmp_path, dat
   exits at once, leaving its lock and no checkpoint (as kill -9 would); the next run takes the
   lock over, saying so, and ends as the reference."""
   workdir = tmp_path / "run"
-  proc = start(command(workdir, data_dir, "--config.preemption_timeout_s=0.01"), tmp_path / "log")
-  try:
-    wait_until(proc, lambda: 2 in train_steps(workdir))
-    code, _ = stop_and_wait(proc, timeout=20)
-  finally:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-  log = (tmp_path / "log").read_text()
-  assert code == preemption.REQUEUE_EXIT_CODE, log[-3000:]
+  proc, _, log = signalled(command(workdir, data_dir, "--config.preemption_timeout_s=0.01"),
+                           tmp_path / "log", lambda: 2 in train_steps(workdir), timeout=20)
+  assert proc.returncode == preemption.REQUEUE_EXIT_CODE, log[-3000:]
   assert "the stop took longer than 0 s: exiting at once" in log
   assert (workdir / "run.lock").exists()
   again = run(command(workdir, data_dir))
@@ -221,3 +213,9 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path, data_dir, reference)
   assert f"resumed from step {STEPS} " in again.stderr
   assert (workdir / "results.json").read_bytes() == results
   assert reporting.read_metrics(workdir) == records  # the evaluation is not logged twice
+
+  (workdir / "results.json").write_bytes(results[:len(results) // 2])  # cut short by a full disk
+  again = run(command(workdir, data_dir))
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"{workdir / 'results.json'} cannot be read (" in again.stderr
+  assert (workdir / "results.json").read_bytes() == results

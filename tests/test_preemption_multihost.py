@@ -5,14 +5,13 @@ and ends as the uninterrupted run (the one-process, 8-device reference of test_m
 import os
 import re
 import signal
-import time
 
 import numpy as np
 import pytest
 
 from dferclip_jax.train import preemption
 from test_multihost import (assert_losses_match, data_dir, evaluations, free_port, launch_local,  # noqa: F401
-                            main_args, reference, start_process, train_losses)
+                            main_args, reference, start_process, train_losses, wait_for_step)
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +24,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path, data_dir, refer
   port = free_port()
   procs = [start_process(args, port, i) for i in range(2)]
   try:
-    deadline = time.time() + 600
-    while time.time() < deadline and all(p.poll() is None for p in procs):
-      if 2 in train_losses(workdir):
-        break
-      time.sleep(0.02)
-    assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+    wait_for_step(procs, workdir, 2)
     procs[1].send_signal(signal.SIGTERM)
     codes = [p.wait(timeout=120) for p in procs]
     logs = [p.stderr.read() for p in procs]

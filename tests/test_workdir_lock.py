@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import REPO
-from dferclip_jax.train import workdir_lock
+from dferclip_jax.train import checkpointing, workdir_lock
 from dferclip_jax.train.workdir_lock import WorkdirLock, WorkdirLockedError
 
 # Each contender imports the lock, says "ready", waits for "go", then tries; the winner holds the
@@ -129,17 +129,21 @@ def test_the_heartbeat_is_rewritten_and_a_foreign_lock_is_not_removed(tmp_path):
   assert json.loads((tmp_path / "run.lock").read_text())["token"] == "someone else"
 
 
-def test_an_unreadable_lock_is_named(tmp_path):
-  (tmp_path / "run.lock").write_text("not json")
+@pytest.mark.parametrize("content", [b"not json", b"[1, 2]",
+                                     b'{"pid": 1, "pad": "' + b"x" * workdir_lock.MAX_LOCK_BYTES + b'"}'])
+def test_an_unreadable_lock_is_named(tmp_path, content):
+  """Not JSON, not an object, or longer than any lock this project writes (read no further)."""
+  (tmp_path / "run.lock").write_bytes(content)
   with pytest.raises(WorkdirLockedError, match=r"run.lock exists but is not a lock this project wrote"):
     with WorkdirLock(tmp_path):
       pass
+  assert (tmp_path / "run.lock").read_bytes() == content
 
 
 def test_stale_tmp_checkpoints_are_removed_with_a_log_line(tmp_path, caplog):
   ckpt = tmp_path / "checkpoints"
   (ckpt / "12.orbax-checkpoint-tmp-1733140000" / "state").mkdir(parents=True)
   (ckpt / "10" / "state").mkdir(parents=True)
-  assert workdir_lock.clean_stale_tmp_checkpoints(ckpt) == ["12.orbax-checkpoint-tmp-1733140000"]
+  assert checkpointing.clean_stale_tmp_checkpoints(ckpt) == ["12.orbax-checkpoint-tmp-1733140000"]
   assert sorted(p.name for p in ckpt.iterdir()) == ["10"]
   assert "an unfinished checkpoint save left behind by an earlier run" in caplog.text

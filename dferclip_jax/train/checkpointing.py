@@ -12,13 +12,16 @@ import contextlib
 import errno as errno_lib
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from dferclip_jax import distributed
 from dferclip_jax.train import state as state_lib
 
 # Train-state entries that older versions saved and nothing reads: a checkpoint holding them
@@ -55,6 +58,31 @@ def os_error_of(error: BaseException) -> tuple[int, str] | None:
       return int(found.group(1)), paths[-1] if paths else ""
     error = error.__cause__ or error.__context__
   return None
+
+
+def remove_unfinished_saves(directory, ignore_errors: bool = False) -> list[str]:
+  """Removes the temporary folders (``*.orbax-checkpoint-tmp*``) of saves that never finished
+  from a checkpoint ``directory`` (a pathlib or epath path). -> their names."""
+  removed = []
+  for tmp in sorted(directory.glob("*.orbax-checkpoint-tmp*")):
+    if hasattr(tmp, "rmtree"):  # epath
+      tmp.rmtree(missing_ok=ignore_errors)
+    else:
+      shutil.rmtree(tmp, ignore_errors=ignore_errors)
+    removed.append(tmp.name)
+  return removed
+
+
+def clean_stale_tmp_checkpoints(checkpoint_dir) -> list[str]:
+  """At the start of a run (first process only, with the workdir lock held, so no save of this
+  run is in flight): the unfinished saves a killed run left, removed with a log line each."""
+  if not distributed.is_writer() or not checkpoint_dir.exists():
+    return []
+  removed = remove_unfinished_saves(checkpoint_dir)
+  for name in removed:
+    logging.warning("removing %s: an unfinished checkpoint save left behind by an earlier run",
+                    checkpoint_dir / name)
+  return removed
 
 
 def selection_key(value: float, step: int) -> tuple[float, int]:
@@ -142,10 +170,6 @@ class Checkpointer:
   def _finished_steps(self) -> list[int]:
     return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
 
-  def _remove_unfinished(self) -> None:
-    import shutil
-    for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
-      shutil.rmtree(tmp, ignore_errors=True)
 
   def restore(self, step: int, abstract_state):
     """-> (state laid out as ``abstract_state``'s shardings, meta dict). ``RETIRED_STATE_KEYS``
@@ -226,7 +250,7 @@ class Checkpointer:
     if self._failed:
       # Reported already. Closing the manager would wait on writes that keep failing, each with
       # a traceback: the process ends (main.py) with the earlier checkpoints intact instead.
-      self._remove_unfinished()
+      remove_unfinished_saves(self.directory, ignore_errors=True)
       return
     self.wait()
     self.manager.close()

@@ -42,7 +42,7 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
 
 def _train_locked(config, workdir: Path, data) -> dict:
   # ---------------------------------------------------------------------- mesh
-  workdir_lock.clean_stale_tmp_checkpoints(workdir / "checkpoints")
+  checkpointing.clean_stale_tmp_checkpoints(workdir / "checkpoints")
   mesh = sharding_lib.make_mesh(config.mesh, num_devices=config.num_devices)
   local_batch = sharding_lib.check_batch_size(config.batch_size, mesh, "config.batch_size")
   local_eval_batch = sharding_lib.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
@@ -168,7 +168,7 @@ def _train_locked(config, workdir: Path, data) -> dict:
                                       "test")
           checkpointer.save(step, state, _meta(step, steps_per_epoch, best, test_selected, data, config),
                             metrics={config.best_metric: value})
-        elif step % config.checkpoint_every == 0:
+        elif saves:
           checkpointer.save(step, state, _meta(step, steps_per_epoch, best, test_selected, data, config))
         if stop.should_stop(step):  # the same step on every process
           step_metrics.flush()  # logs this step; a NaN state is never saved
@@ -204,13 +204,25 @@ def _train_locked(config, workdir: Path, data) -> dict:
 # ------------------------------------------------------------------------ helpers
 
 
+MAX_RESULTS_BYTES = 16 * 1024 * 1024
+
+
 def _finished_results(workdir: Path, total_steps: int) -> dict | None:
-  """results.json of a run that has trained all ``total_steps``, or None."""
+  """results.json of a run that has trained all ``total_steps``, or None. One that cannot be read
+  (cut short by a full disk, edited by hand) counts as absent: the run resumes from its latest
+  checkpoint and writes it again."""
   path = workdir / "results.json"
   if not path.is_file():
     return None
-  results = json.loads(path.read_text())
-  if results.get("complete") and results.get("steps") == total_steps:
+  try:
+    if path.stat().st_size > MAX_RESULTS_BYTES:  # ours are a few kB: read nothing that size
+      raise ValueError(f"{path.stat().st_size} bytes")
+    results = json.loads(path.read_text())
+  except ValueError as e:  # also UnicodeDecodeError, json.JSONDecodeError
+    logging.warning("%s cannot be read (%s): resuming from the latest checkpoint to write it again",
+                    path, e)
+    return None
+  if isinstance(results, dict) and results.get("complete") and results.get("steps") == total_steps:
     return results
   return None
 

@@ -31,6 +31,8 @@ from absl import logging
 from dferclip_jax import distributed
 
 LOCK_FILE = "run.lock"
+# A lock this project writes is a few hundred bytes; anything longer is not one of ours.
+MAX_LOCK_BYTES = 64 * 1024
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
 
@@ -143,7 +145,9 @@ class WorkdirLock:
 
   def _read(self) -> dict | None:
     try:
-      value = json.loads(self.path.read_text())
+      with self.path.open("rb") as f:
+        data = f.read(MAX_LOCK_BYTES + 1)  # bounded: whatever the file says, read this much at most
+      value = json.loads(data) if len(data) <= MAX_LOCK_BYTES else None
     except (FileNotFoundError, ValueError):
       return None
     return value if isinstance(value, dict) else None
@@ -187,23 +191,3 @@ def _all_ok(ok: bool) -> bool:
   from jax.experimental import multihost_utils
   return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
-
-def clean_stale_tmp_checkpoints(checkpoint_dir) -> list[str]:
-  """Removes the ``*.orbax-checkpoint-tmp*`` folders a killed save leaves (first process only,
-  with the lock held, so no save of this run is in flight). -> their names."""
-  if not distributed.is_writer() or not checkpoint_dir.exists():
-    return []
-  removed = []
-  for tmp in sorted(checkpoint_dir.glob("*.orbax-checkpoint-tmp*")):
-    logging.warning("removing %s: an unfinished checkpoint save left behind by an earlier run", tmp)
-    _rmtree(tmp)
-    removed.append(tmp.name)
-  return removed
-
-
-def _rmtree(path) -> None:
-  if hasattr(path, "rmtree"):  # epath
-    path.rmtree()
-  else:
-    import shutil
-    shutil.rmtree(path)
