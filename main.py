@@ -89,15 +89,15 @@ def _quiet_library_logs() -> None:
 def main(argv):
   """Runs the mode; a preempted run exits with the requeue code, and the errors a user must act on
   (a failed save, a workdir in use, a NaN) are one line each, not a traceback."""
+  from dferclip_jax import storage  # first: it chooses epath's gs:// backend before anything uses it
   from dferclip_jax.train import checkpointing, preemption, state, workdir_lock
   try:
     _run(argv)
   except preemption.Preempted as stopped:
     logging.warning("%s", stopped)
-    logging.flush()
-    sys.exit(preemption.REQUEUE_EXIT_CODE)
+    preemption.exit_for_requeue()
   except (checkpointing.CheckpointSaveError, workdir_lock.WorkdirLockedError,
-          state.NonFiniteLossError) as e:
+          state.NonFiniteLossError, storage.MissingExtraError) as e:
     logging.error("%s", e)
     logging.flush()
     if isinstance(e, checkpointing.CheckpointSaveError):

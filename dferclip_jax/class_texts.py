@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TEXTS_DIR = Path(__file__).resolve().parents[1] / "data" / "class_texts"
+from dferclip_jax import storage
+
+TEXTS_DIR = Path(__file__).resolve().parents[1] / "data" / "class_texts"  # local: the package's own files
 TEXT_TYPES = ("class_names", "class_names_with_context", "class_descriptor")
 
 
 def read_texts_file(path: str | Path, num_classes: int) -> list[str]:
   """One non-empty line per class; the count must match (the error names the file and counts)."""
-  path = Path(path).expanduser()
+  path = storage.path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such class-texts file")
-  lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+  lines = [line.strip() for line in path.read_bytes().decode("utf-8").splitlines()]
   while lines and not lines[-1]:
     lines.pop()
   for number, line in enumerate(lines, 1):

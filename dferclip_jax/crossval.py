@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from dferclip_jax import distributed
+from dferclip_jax import distributed, storage
 from dferclip_jax.data import datasets
 from dferclip_jax.train import reporting, workdir_lock
 
@@ -28,7 +28,7 @@ def load_config_file(spec: str):
   """``path/to/config.py[:args]`` -> its ``get_config(args)``."""
   path, _, arg = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("_crossval_config", path)
-  if module_spec is None or not Path(path).is_file():
+  if module_spec is None or not Path(path).is_file():  # local: ml_collections loads config files from local disk
     raise FileNotFoundError(f"{path}: no such config file")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -74,7 +74,7 @@ def summarize(per_fold: Sequence[dict]) -> dict:
 def run_crossval(config_file: str, overrides: Mapping[str, Any], workdir: str | Path,
                  folds: Sequence[int] | None, train_fn: Callable) -> dict:
   """Trains every fold (``train_fn(config, workdir) -> summary``), skipping finished ones."""
-  workdir = Path(workdir)
+  workdir = storage.path(workdir)
   base = load_config_file(config_file)
   folds = list(folds) if folds else folds_of(base.dataset)
   workdir.mkdir(parents=True, exist_ok=True)

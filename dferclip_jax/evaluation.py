@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from dferclip_jax import distributed, export, inference, metrics as metrics_lib, official, plots
+from dferclip_jax import storage
 from dferclip_jax.models.dferclip import model_from_kwargs
 from dferclip_jax.train import checkpointing, data_setup, reporting
 from dferclip_jax.train import sharding as sharding_lib
@@ -71,11 +72,11 @@ def load_model_for_eval(checkpoint: str | int, workdir: str | Path | None, mesh,
   shardings = None if mesh is None else (
       lambda tree: sharding_lib.tree_shardings(tree, mesh, min_shard_size))
   checkpoint = str(checkpoint)
-  path = Path(checkpoint).expanduser()
+  path = storage.path(checkpoint)
   if checkpoint in ("best", "latest") or checkpoint.isdigit():
     if workdir is None:
       raise ValueError(f"--checkpoint={checkpoint} needs --workdir (the training run's directory)")
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     if not (workdir / "checkpoints").is_dir():
       raise checkpointing.CheckpointNotFoundError(
           f"--checkpoint={checkpoint}: {workdir} holds no checkpoints/ folder (is --workdir a training "
@@ -145,7 +146,7 @@ def run_zeroshot(config, workdir: str | Path) -> dict:
 def evaluate_model(config, workdir, model, variables, source: str, out_name: str, mesh) -> dict:
   """Runs ``model`` over the test data; writes ``workdir/evaluation/<out_name>/{report.json,
   confusion_matrix.png}``, prints the table, returns the report."""
-  workdir = Path(workdir)
+  workdir = storage.path(workdir)
   local_batch = sharding_lib.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
   if model.num_classes != len(config.class_names):
     raise ValueError(f"{source} has {model.num_classes} classes, the config {len(config.class_names)}")
@@ -179,4 +180,4 @@ def _slug(checkpoint: str) -> str:
     return checkpoint
   if checkpoint.isdigit():
     return f"step_{checkpoint}"
-  return Path(checkpoint).name.replace(".", "_") or "model"
+  return storage.path(checkpoint).name.replace(".", "_") or "model"

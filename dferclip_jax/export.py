@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dferclip_jax import storage
 from dferclip_jax.models.param_tree import check_tree
 from dferclip_jax.models.dferclip import DFERCLIP, model_from_kwargs, model_kwargs, variable_shapes
 
@@ -37,7 +38,7 @@ class ModelCheckpointError(ValueError):
 
 def save_model(directory: str | Path, model: DFERCLIP, variables, *, class_names: Sequence[str] = (),
                class_texts: Sequence[str] = (), source: str = "", extra: dict | None = None) -> Path:
-  directory = Path(directory).absolute()
+  directory = storage.absolute(directory)
   if (directory / VARIABLES_DIR).exists():
     raise FileExistsError(f"{directory}: already holds a model checkpoint; choose a new directory")
   if class_names and len(class_names) != model.num_classes:
@@ -48,13 +49,13 @@ def save_model(directory: str | Path, model: DFERCLIP, variables, *, class_names
     checkpointer.save(directory / VARIABLES_DIR, host)
   card = {"format": FORMAT, "model": model_kwargs(model), "class_names": list(class_names),
           "class_texts": list(class_texts), "source": source, **(extra or {})}
-  (directory / MODEL_FILE).write_text(json.dumps(card, indent=2) + "\n")
+  storage.write_text_atomic(directory / MODEL_FILE, json.dumps(card, indent=2) + "\n")
   return directory
 
 
 def read_model_card_file(card_path: str | Path) -> dict:
   """A ``model.json`` (of a model checkpoint, or of a training workdir)."""
-  card_path = Path(card_path)
+  card_path = storage.path(card_path)
   if not card_path.is_file():
     raise ModelCheckpointError(f"{card_path}: no such model description")
   try:
@@ -67,7 +68,7 @@ def read_model_card_file(card_path: str | Path) -> dict:
 
 
 def read_model_card(directory: str | Path) -> dict:
-  directory = Path(directory)
+  directory = storage.path(directory)
   if not (directory / MODEL_FILE).is_file() or not (directory / VARIABLES_DIR).is_dir():
     raise ModelCheckpointError(f"{directory}: not a dferclip-jax model checkpoint (expected "
                                f"{MODEL_FILE} and {VARIABLES_DIR}/)")
@@ -82,7 +83,7 @@ def load_model(directory: str | Path, *, shardings: Callable[[Any], Any] | None 
   (any mesh); without it the variables come back as host numpy arrays. ``overrides`` replace
   model fields that do not change the parameters (``dtype``, ``remat``).
   """
-  directory = Path(directory).absolute()
+  directory = storage.absolute(directory)
   card = read_model_card(directory)
   try:
     model = model_from_kwargs(card["model"], **overrides)

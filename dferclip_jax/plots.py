@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dferclip_jax import storage
+
 
 def save_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
                           title: str = "Confusion matrix") -> Path:
@@ -31,8 +33,7 @@ def save_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
       ax.text(j, i, f"{percent[i, j]:.1f}\n({cm[i, j]})", ha="center", va="center", fontsize=8,
               color="white" if percent[i, j] > 50 else "black")
   fig.tight_layout()
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100)
+  path = storage.path(path)
+  storage.save_figure(fig, path, dpi=100)  # a local file or a bucket object
   plt.close(fig)
   return path

@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Sequence
 import jax
 import numpy as np
 
+from dferclip_jax import storage
 from dferclip_jax.data.frames import VIDEO_SUFFIXES
 
 
@@ -34,7 +35,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
   out = []
   for item in inputs:
     if item.startswith("@"):
-      out += [line.strip() for line in Path(item[1:]).read_text().splitlines() if line.strip()]
+      out += [line.strip() for line in storage.path(item[1:]).read_text().splitlines() if line.strip()]
     else:
       out.append(item)
   return out
@@ -161,7 +162,7 @@ def predict(model, variables, inputs: Sequence[str], class_names: Sequence[str],
 def write_jsonl(results: Iterable[dict], path: str | None) -> tuple[int, int]:
   """Writes results as JSON lines (stdout when path is None or '-') -> (predicted, failed)."""
   import sys
-  out = sys.stdout if path in (None, "-") else open(path, "w")
+  out = sys.stdout if path in (None, "-") else storage.path(path).open("w")
   done = failed = 0
   try:
     for r in results:

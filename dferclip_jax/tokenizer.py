@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dferclip_jax import storage
+
 CONTEXT_LENGTH = 77
 
 
@@ -20,7 +22,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   from transformers import CLIPTokenizer
 
-  path = Path(name_or_path).expanduser()
+  path = storage.local_folder(name_or_path)  # a bucket folder: a local copy
   if path.is_dir():
     missing = [f for f in ("vocab.json", "merges.txt") if not (path / f).is_file()]
     if missing:

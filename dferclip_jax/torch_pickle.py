@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from dferclip_jax import storage
+
 MiB = 2 ** 20
 
 # ----------------------------------------------------------------------------- limits
@@ -1041,12 +1043,12 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 def load(path: str | Path) -> Any:
   """A ``torch.save`` zip file -> its object tree, tensors as numpy arrays. A missing file is a
   ``FileNotFoundError``; anything wrong with the file is a ``TorchCheckpointError``."""
-  path = Path(path)
+  path = storage.path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such checkpoint file")
   try:
     with path.open("rb") as f:
-      return _load(f, path.stat().st_size, str(path))
+      return _load(f, storage.size(path), str(path))
   except OSError as e:
     raise TorchCheckpointError(f"{path}: unreadable ({e})") from e
 

@@ -52,7 +52,10 @@ def fake_python(tmp_path):
 for a in "$@"; do case "$a" in --process_id=*) id="${{a#--process_id=}}";; esac; done
 echo "$XLA_FLAGS|$*" > {tmp_path}/record_$id
 sleep_var="SLEEP_$id"; exit_var="EXIT_$id"
-sleep "${{!sleep_var:-0}}" & wait $!
+# A stopped stand-in takes its sleep with it, as a real process takes its file descriptors.
+sleep "${{!sleep_var:-0}}" & child=$!
+trap 'kill $child 2>/dev/null; exit 143' TERM
+wait $child
 exit "${{!exit_var:-0}}"
 """)
   script.chmod(0o755)

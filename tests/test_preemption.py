@@ -42,8 +42,9 @@ def run(cmd, timeout=300) -> subprocess.CompletedProcess:
 
 
 def start(cmd, log_path) -> subprocess.Popen:
+  # PYTHONFAULTHANDLER: a run that hangs is sent SIGABRT, which writes every thread's stack to its log.
   return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log_path, "w"),
-                          start_new_session=True)
+                          start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
 
 
 def train_steps(workdir) -> list[int]:
@@ -59,14 +60,19 @@ def wait_until(proc, ready, timeout=300) -> None:
   raise AssertionError(f"not reached before the run ended (exit {proc.poll()})")
 
 
-def stop_and_wait(proc, sig=signal.SIGTERM, timeout=STOP_BOUND_S) -> tuple[int, float]:
+def stop_and_wait(proc, sig=signal.SIGTERM, timeout=STOP_BOUND_S, log_path=None) -> tuple[int, float]:
   sent = time.time()
   proc.send_signal(sig)
   try:
     code = proc.wait(timeout=timeout)
   except subprocess.TimeoutExpired:
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"no exit within {timeout} s of {sig.name}") from None
+    proc.send_signal(signal.SIGABRT)  # the stacks of the hung run, into its log
+    try:
+      proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+      os.killpg(proc.pid, signal.SIGKILL)
+    log = log_path.read_text()[-8000:] if log_path else ""
+    raise AssertionError(f"no exit within {timeout} s of {sig.name}; its log ends:\n{log}") from None
   return code, time.time() - sent
 
 
@@ -80,7 +86,7 @@ def signalled(cmd, log_path, ready, sig=signal.SIGTERM, timeout=STOP_BOUND_S, se
     if second:
       proc.send_signal(sig)  # two signals sent back to back could merge into one pending signal
       wait_until(proc, lambda: f"{sig.name} received" in log_path.read_text(), timeout=60)
-    _, took = stop_and_wait(proc, sig, timeout)
+    _, took = stop_and_wait(proc, sig, timeout, log_path)
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)

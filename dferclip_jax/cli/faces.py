@@ -85,7 +85,7 @@ def finished_records(out: str) -> dict[str, dict]:
   if not os.path.isfile(path):
     return {}
   done = {}
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8") as f:  # local: faces are extracted to local folders
     for line in f:
       try:
         record = json.loads(line)
@@ -122,8 +122,8 @@ def run(inputs: Sequence[str], out: str, settings: extract.FaceSettings, *, work
         message = str(e) if isinstance(e, extract.FaceError) else f"{path}: {type(e).__name__}: {e}"
         return {"input": path, "error": message}
 
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool, \
-        open(results_path, "a", encoding="utf-8") as log, \
+    log_file = open(results_path, "a", encoding="utf-8")  # local: faces are extracted to local folders
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool, log_file as log, \
         tqdm(total=len(todo), desc="faces", unit="clip", dynamic_ncols=True, disable=not progress) as bar:
       for record in pool.map(one, todo):
         records[record["input"]] = record

@@ -32,6 +32,7 @@ from typing import MutableMapping, Sequence
 
 from absl import logging
 
+from dferclip_jax import storage
 from dferclip_jax.data import class_orders
 from dferclip_jax.data import frames as frames_lib
 from dferclip_jax.data import textfiles
@@ -128,8 +129,8 @@ def read_annotation_list(
   if num_classes < 1:
     raise AnnotationError(f"num_classes={num_classes}: expected at least 1")
   mapping = parse_path_map(path_map)
-  source = os.path.abspath(path)
-  if not os.path.isfile(source):
+  source = os.fspath(storage.absolute(path))  # a local list, or one in a bucket
+  if not storage.path(source).is_file():
     raise AnnotationError(f"{source}: no such annotation list")
   if class_names is not None:
     if len(class_names) != num_classes:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
+from dferclip_jax import storage
+
 # DFER-CLIP's orders (its annotation lists and prompts): DFEW's 1..7 numbering minus one, and
 # MAFW's four extra classes after the basic seven.
 DFERCLIP_7 = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")
@@ -117,14 +119,13 @@ def write_classes_file(path: str | os.PathLike, names: Sequence[str]) -> None:
   for name in names:
     if not name or name != name.strip() or "\n" in name:
       raise ValueError(f"{path}: class name {name!r} cannot be written one per line")
-  with open(path, "w", encoding="utf-8", newline="\n") as f:
-    f.write("".join(f"{name}\n" for name in names))
+  storage.write_text_atomic(path, "".join(f"{name}\n" for name in names))
 
 
 def read_classes_file(path: str | os.PathLike) -> tuple[str, ...]:
   """Reads a ``classes.txt``; blank trailing lines and CRLF endings are tolerated."""
-  with open(path, encoding="utf-8-sig") as f:
-    lines = [line.strip() for line in f.read().splitlines()]
+  lines = [line.strip() for line in
+           storage.path(path).read_bytes().decode("utf-8-sig").splitlines()]
   while lines and not lines[-1]:
     lines.pop()
   for number, name in enumerate(lines, start=1):
@@ -157,8 +158,8 @@ def check_classes_beside(list_file: str | os.PathLike, expected: Sequence[str]) 
   Returns whether a file was found (and agreed); raises if it disagrees. Lists without one (the
   DFER-CLIP authors' published lists) cannot be checked, and the caller decides what that means.
   """
-  path = os.path.join(os.path.dirname(os.path.abspath(list_file)), CLASSES_FILE)
-  if not os.path.isfile(path):
+  path = storage.absolute(list_file).parent / CLASSES_FILE
+  if not path.is_file():
     return False
   check_classes_file(path, expected)
   return True

@@ -106,7 +106,7 @@ class FolderSource:
     for name in self._py_names[start:start + record.num_frames]:
       path = os.path.join(record.path, name)
       try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f:  # local: frames are read from local disk or a FUSE mount
           out.append((path, f.read()))
       except OSError as err:
         out.append((path, err))

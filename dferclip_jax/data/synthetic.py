@@ -134,10 +134,10 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, *, num_classes: int = 7,
       split = "test" if k < num_test else "train"
       lines[split].append(f"frames/{clip} {count} {label}\n")
   for split, path in (("train", result.train_list), ("test", result.test_list)):
-    with open(path, "w", newline="\n") as f:
+    with open(path, "w", newline="\n") as f:  # local: generated on local disk
       f.writelines(lines[split])
   class_orders.write_classes_file(result.classes_file, names)
-  with open(stamp, "w") as f:
+  with open(stamp, "w") as f:  # local: generated on local disk
     json.dump(params, f, indent=1)
   return result
 
@@ -216,7 +216,7 @@ def render_clip(rng: np.random.Generator, label: int, num_classes: int, num_fram
 
 def _read_stamp(path: str) -> dict | None:
   try:
-    with open(path) as f:
+    with open(path) as f:  # local: generated on local disk
       return json.load(f)
   except (OSError, ValueError):
     return None

@@ -3,8 +3,9 @@ atomically."""
 
 from __future__ import annotations
 
-import os
 import re
+
+from dferclip_jax import storage
 
 
 def read_lines(path: str, error: type[Exception] = ValueError) -> list[tuple[int, str]]:
@@ -12,7 +13,7 @@ def read_lines(path: str, error: type[Exception] = ValueError) -> list[tuple[int
   line ends are tolerated. Non-UTF-8 bytes, or a file that cannot be read (permission denied, a
   symlink loop), raise ``error`` naming the file."""
   try:
-    with open(path, "rb") as f:
+    with storage.path(path).open("rb") as f:
       data = f.read()
   except OSError as err:
     raise error(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
@@ -28,7 +29,4 @@ def read_lines(path: str, error: type[Exception] = ValueError) -> list[tuple[int
 def write_atomic(path: str, text: str) -> None:
   """Writes ``text`` (UTF-8, LF) to ``path`` through a temporary file and a rename, so an
   interrupted run never leaves a half file that looks whole."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  storage.write_text_atomic(path, text)

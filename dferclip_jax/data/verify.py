@@ -13,6 +13,7 @@ from typing import Sequence
 
 from absl import logging
 
+from dferclip_jax import storage
 from dferclip_jax.data.sources import ClipDataError, FolderSource
 
 BAD_CLIPS_FILE = "bad_clips.txt"
@@ -38,7 +39,5 @@ def verify_sources(sources: Sequence[tuple[str, FolderSource]], out: str | Path)
     found = find_bad_clips(source)
     logging.info("%s: %d clips, %d unreadable", name, len(source), len(found))
     bad += found
-  out = Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text("".join(line + "\n" for line in bad))
+  storage.write_text_atomic(out, "".join(line + "\n" for line in bad))
   return bad

@@ -22,6 +22,7 @@ import numpy as np
 import jax.numpy as jnp
 from flax import serialization, traverse_util
 
+from dferclip_jax import storage
 from dferclip_jax.models.clip import CLIP, clip_param_shapes
 from dferclip_jax.models.clip_config import CLIPConfig
 from dferclip_jax.models.param_tree import CheckpointMismatchError, as_float32, check_tree
@@ -41,7 +42,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> tuple[Path, Path]:
 
   Hub downloads go through huggingface_hub's cache and honour ``HF_HUB_OFFLINE=1``.
   """
-  path = Path(name_or_path).expanduser()
+  path = storage.local_folder(name_or_path)  # a bucket folder: a local copy
   if path.is_dir():
     config = path / CONFIG_FILE
     if not config.is_file():
@@ -71,14 +72,14 @@ def _download_from_hub(repo_id: str) -> tuple[Path, Path]:
     ) from e
   for name in WEIGHT_FILES:
     try:
-      return Path(config), Path(huggingface_hub.hf_hub_download(repo_id, name))
+      return Path(config), Path(huggingface_hub.hf_hub_download(repo_id, name))  # local: the hub's local cache
     except EntryNotFoundError:
       continue
   raise FileNotFoundError(f"{repo_id}: the hub repository has none of {', '.join(WEIGHT_FILES)}")
 
 
 def read_config(config_path: str | os.PathLike) -> CLIPConfig:
-  with open(config_path) as f:
+  with open(config_path) as f:  # local: a local copy (storage.local_folder) or the hub's cache
     try:
       raw = json.load(f)
     except json.JSONDecodeError as e:
@@ -91,7 +92,7 @@ def read_config(config_path: str | os.PathLike) -> CLIPConfig:
 
 def read_weights(weights_path: str | os.PathLike) -> dict[str, Any]:
   """A weights file -> nested dict of numpy arrays in our (Flax) naming."""
-  weights_path = Path(weights_path)
+  weights_path = Path(weights_path)  # local: a local copy (storage.local_folder) or the hub's cache
   name = weights_path.name
   if name.endswith(".msgpack"):
     raw = serialization.msgpack_restore(weights_path.read_bytes())
@@ -175,7 +176,7 @@ def load_clip(name_or_path: str | os.PathLike, dtype: Any = jnp.float32, remat: 
 def save_clip(directory: str | os.PathLike, config: CLIPConfig, params: Mapping[str, Any],
               formats: tuple[str, ...] = ("msgpack", "safetensors")) -> Path:
   """Writes a checkpoint directory that ``load_clip`` (and transformers) read back."""
-  directory = Path(directory)
+  directory = Path(directory)  # local: safetensors writes local files only
   directory.mkdir(parents=True, exist_ok=True)
   (directory / CONFIG_FILE).write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
   params = as_float32(params)

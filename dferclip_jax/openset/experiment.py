@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 
 from dferclip_jax import class_texts as class_texts_lib, distributed
-from dferclip_jax import evaluation, metrics
+from dferclip_jax import evaluation, metrics, storage
 from dferclip_jax.data import datasets, pipeline
 from dferclip_jax.openset import hesp_lists
 from dferclip_jax.openset import splits as splits_lib
@@ -158,7 +158,7 @@ def run_dferclip_msp(config, workdir: Path, data, mesh) -> dict:
   texts_file = workdir / "known_class_texts.txt"
   if distributed.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
-    texts_file.write_text("\n".join(known_texts(config, data.known_names)) + "\n")
+    storage.write_text_atomic(texts_file, "\n".join(known_texts(config, data.known_names)) + "\n")
   distributed.barrier(f"{texts_file} written")  # whole before any host reads it
   with c.unlocked():
     c.class_names = tuple(data.known_names)
@@ -228,7 +228,7 @@ def use_hesp_mafw_lists(config, workdir: Path):
 
 
 def run_openset(config, workdir: str | Path) -> dict:
-  workdir = Path(workdir)
+  workdir = storage.path(workdir)
   o = config.openset
   if o.method not in METHODS:
     raise config_checks.ConfigError(f"config.openset.method={o.method!r}: expected one of {METHODS}")

@@ -25,11 +25,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from dferclip_jax import storage
 from dferclip_jax.data import class_orders
 from dferclip_jax.data import native
 from dferclip_jax.data import textfiles
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "openset"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "openset"  # local: the package's own files
 LIST_FILES = {"train": DATA_DIR / "hesp_mafw_train.txt", "test": DATA_DIR / "hesp_mafw_val.txt"}
 # Label i of HESP's lists is this word (its 4th column); the names are class_orders.HESP_11's.
 MAFW_WORDS = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise", "Contempt",
@@ -121,20 +122,15 @@ def write_lists(root: str | os.PathLike, out_dir: str | os.PathLike,
   missing = [n for n in class_orders.HESP_11 if n not in index]
   if missing:
     raise ValueError(f"class names {list(class_names)} lack HESP's {missing}")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = storage.path(out_dir)
   written = {}
   for split in ("train", "test"):
     lines = [f"{clip_folder(c, split, layout, root)} {c.num_frames} "
              f"{index[class_orders.HESP_11[c.label]]}\n" for c in read_list(split)]
-    path = os.path.join(out_dir, f"{split}.txt")
-    _write(path, "".join(lines))
-    written[split] = path
-  class_orders.write_classes_file(os.path.join(out_dir, class_orders.CLASSES_FILE), class_names)
+    path = out_dir / f"{split}.txt"
+    storage.write_text_atomic(path, "".join(lines))  # every host may write it: never a half one
+    written[split] = str(path)
+  class_orders.write_classes_file(out_dir / class_orders.CLASSES_FILE, class_names)
   return written
 
 
-def _write(path: str, text: str) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"  # every host may write the same file: never a half one
-  with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-    f.write(text)
-  os.replace(tmp, path)

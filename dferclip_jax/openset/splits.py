@@ -20,6 +20,7 @@ from dferclip_jax.data.records import ClipRecord
 if TYPE_CHECKING:  # only a type here: the split tables need no TensorFlow
   from dferclip_jax.data.sources import FolderSource
 
+# local: the package's own files
 SPLITS_FILE = Path(__file__).resolve().parents[2] / "data" / "openset" / "hesp_splits.json"
 
 

@@ -12,7 +12,6 @@ import contextlib
 import errno as errno_lib
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,7 +20,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from dferclip_jax import distributed
+from dferclip_jax import distributed, storage
 from dferclip_jax.train import state as state_lib
 
 # Train-state entries that older versions saved and nothing reads: a checkpoint holding them
@@ -65,10 +64,7 @@ def remove_unfinished_saves(directory, ignore_errors: bool = False) -> list[str]
   from a checkpoint ``directory`` (a pathlib or epath path). -> their names."""
   removed = []
   for tmp in sorted(directory.glob("*.orbax-checkpoint-tmp*")):
-    if hasattr(tmp, "rmtree"):  # epath
-      tmp.rmtree(missing_ok=ignore_errors)
-    else:
-      shutil.rmtree(tmp, ignore_errors=ignore_errors)
+    storage.rmtree(tmp, missing_ok=ignore_errors)
     removed.append(tmp.name)
   return removed
 
@@ -99,7 +95,7 @@ def is_better(value: float, step: int, best: dict | None) -> bool:
 class Checkpointer:
 
   def __init__(self, directory: str | Path, best_metric: str, asynchronous: bool = True):
-    self.directory = Path(directory).absolute()
+    self.directory = storage.absolute(directory)
     self.best_metric = best_metric
     keep = policies.AnyPreservationPolicy([
         policies.LatestN(n=1),
@@ -140,7 +136,7 @@ class Checkpointer:
   def _check_finished(self, step) -> None:
     """Orbax logs some failed writes (its metadata file) instead of raising them; a local save is
     finished when its temporary folder has been renamed to the step's."""
-    if step is None or "://" in str(self.directory) or (self.directory / str(step)).is_dir():
+    if step is None or storage.is_remote(self.directory) or (self.directory / str(step)).is_dir():
       return
     stats = os.statvfs(self.directory)
     if stats.f_bavail * stats.f_frsize < (1 << 20):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dferclip_jax import storage
 from dferclip_jax.class_texts import TEXT_TYPES
 from dferclip_jax.data import annotations, datasets
 from dferclip_jax.models.prompts import POSITIONS
@@ -51,11 +52,11 @@ def check_config(config) -> None:
     for field in ("train_list", "test_list"):
       value = d[field]
       _require(bool(value), f"config.data.{field} is empty: give the annotation list file")
-      _require(Path(value).expanduser().is_file(),
+      _require(storage.path(value).is_file(),
                f"config.data.{field}={value!r}: no such annotation file (make lists with "
                f"`python -m dferclip_jax.cli.prepare`, or point data.{field} at yours)")
     if d.root is not None:
-      _require(Path(d.root).expanduser().is_dir(), f"config.data.root={d.root!r}: no such directory")
+      _require(storage.path(d.root).is_dir(), f"config.data.root={d.root!r}: no such directory")
   if d.source == "tfds":
     _require(bool(d.tfds_name), "config.data.tfds_name is unset, but config.data.source='tfds'")
   _require(0.0 <= d.val_fraction < 1.0,
@@ -70,7 +71,7 @@ def check_config(config) -> None:
            f"config.model.class_token_position={m.class_token_position!r}: expected one of {POSITIONS}")
   _require(m.text_type in TEXT_TYPES, f"config.model.text_type={m.text_type!r}: expected one of {TEXT_TYPES}")
   if m.class_texts_file:
-    _require(Path(m.class_texts_file).expanduser().is_file(),
+    _require(storage.path(m.class_texts_file).is_file(),
              f"config.model.class_texts_file={m.class_texts_file!r}: no such file")
   _require(m.n_ctx >= 1, f"config.model.n_ctx={m.n_ctx}: must be at least 1")
   _require(m.temporal_layers >= 1, f"config.model.temporal_layers={m.temporal_layers}: must be >= 1")

@@ -14,12 +14,13 @@ and the training ones travel in the checkpoint so that a resumed run skips what 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import jax
 from absl import logging
 
-from dferclip_jax import distributed
+from dferclip_jax import distributed, storage
 from dferclip_jax.data import annotations, datasets, holdout, pipeline, sources
 from dferclip_jax.train import config_checks
 from dferclip_jax.train.config_checks import ConfigError
@@ -76,14 +77,37 @@ def synthetic_lists(config, workdir: Path) -> tuple[str, str, str]:
   """Generates (once) the synthetic dataset the config asks for -> (train list, test list, root)."""
   from dferclip_jax.data import synthetic
   s = config.data.synthetic
-  out = Path(s.get("dir") or (Path(workdir) / "synthetic_data"))
-  if distributed.is_writer():
+  out = storage.path(s.get("dir") or (storage.path(workdir) / "synthetic_data"))
+  if storage.is_remote(out):
+    out = _local_synthetic_dir(config, out)
+  elif distributed.is_writer():
     synthetic.make_synthetic_dataset(
         out, num_classes=len(config.class_names), clips_per_class=s.clips_per_class,
         frames_range=tuple(s.frames_range), image_size=s.image_size, seed=s.seed,
         temporal_pairs=s.temporal_pairs)
   distributed.barrier(f"synthetic data in {out}")  # complete before any other host reads it
   return str(out / "train.txt"), str(out / "test.txt"), str(out)
+
+
+def _local_synthetic_dir(config, remote: Path) -> Path:
+  """The synthetic clips of a run whose workdir is in a bucket: frames are read from local disk
+  (or a FUSE mount), so each process generates its own copy, the same for the same recipe, in the
+  local temporary folder (one per process: two on one host must not race on a folder)."""
+  import hashlib
+  import tempfile
+  from dferclip_jax.data import synthetic
+  s = config.data.synthetic
+  recipe = json.dumps([len(config.class_names), s.clips_per_class, list(s.frames_range),
+                       s.image_size, s.seed, s.temporal_pairs])
+  digest = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+  name = f"dferclip-synthetic-{digest}-process{jax.process_index()}"
+  out = Path(tempfile.gettempdir()) / name  # local: the temporary folder
+  logging.info("%s is in a bucket: the synthetic clips are generated locally in %s", remote, out)
+  synthetic.make_synthetic_dataset(
+      out, num_classes=len(config.class_names), clips_per_class=s.clips_per_class,
+      frames_range=tuple(s.frames_range), image_size=s.image_size, seed=s.seed,
+      temporal_pairs=s.temporal_pairs)
+  return out
 
 
 def read_list(config, path: str, root: str | None) -> tuple[sources.FolderSource, list]:
@@ -111,7 +135,7 @@ def open_data(config, workdir: str | Path, train: bool = True) -> DataBundle:
     train = train or None
     skipped, val = [], None
   else:
-    train_list, test_list, root = list_files(config, Path(workdir))
+    train_list, test_list, root = list_files(config, workdir)
     train, skipped_train = read_list(config, train_list, root) if train else (None, [])
     test, skipped_test = read_list(config, test_list, root)
     if train:
@@ -151,8 +175,9 @@ def verify_data(config, workdir: str | Path) -> list[str]:
   if config.data.source != "lists":
     raise ConfigError(f"--mode=verify checks frame folders: config.data.source={config.data.source!r} "
                       f"is not 'lists'")
-  train_list, test_list, root = list_files(config, Path(workdir))
+  train_list, test_list, root = list_files(config, workdir)
   listed = [(path, read_list(config, path, root)[0]) for path in (train_list, test_list)]
-  bad = verify.verify_sources(listed, Path(workdir) / verify.BAD_CLIPS_FILE)
-  logging.info("%d unreadable clip(s) listed in %s", len(bad), Path(workdir) / verify.BAD_CLIPS_FILE)
+  out = storage.path(workdir) / verify.BAD_CLIPS_FILE
+  bad = verify.verify_sources(listed, out)
+  logging.info("%d unreadable clip(s) listed in %s", len(bad), out)
   return bad

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dferclip_jax import evaluation, export
+from dferclip_jax import evaluation, export, storage
 from dferclip_jax.data import class_orders
 from dferclip_jax.models.param_tree import check_tree
 from dferclip_jax.models.dferclip import DFERCLIP, prompt_text_length, prompt_tokens, variable_shapes
@@ -72,13 +72,13 @@ def parse(spec: str) -> tuple[str | int, str | None]:
            "with :best, :latest or :STEP")
   match = WHICH.match(spec)
   if match:
-    workdir = Path(match["dir"]).expanduser()
+    workdir = storage.path(match["dir"])
     if not (workdir / export.MODEL_FILE).is_file() or not (workdir / "checkpoints").is_dir():
       raise ConfigError(f"{FIELD}={spec!r}: {workdir} is not a training workdir (no "
                         f"{export.MODEL_FILE} and checkpoints/)")
     which = match["which"]
     return (int(which) if which.isdigit() else which), str(workdir)
-  path = Path(spec).expanduser()
+  path = storage.path(spec)
   if not path.exists():
     raise ConfigError(f"{FIELD}={spec!r}: no such file or directory (expected {forms})")
   if path.is_file():
@@ -101,7 +101,7 @@ def load_source(config) -> Source:
       checkpoint, workdir, None, 0, dtype=jnp.dtype(config.dtype), remat=config.remat)
   texts = None
   if workdir is not None:
-    texts = export.read_model_card_file(Path(workdir) / export.MODEL_FILE).get("class_texts") or None
+    texts = export.read_model_card_file(storage.path(workdir) / export.MODEL_FILE).get("class_texts") or None
   elif not str(checkpoint).endswith(".pth"):
     texts = export.read_model_card(checkpoint).get("class_texts") or None
   if names is None:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dferclip_jax import class_texts as class_texts_lib, distributed
+from dferclip_jax import class_texts as class_texts_lib, distributed, storage
 from dferclip_jax.export import FORMAT
 from dferclip_jax.models import clip_config as clip_config_lib
 from dferclip_jax.models.clip import CLIP, init_clip_params
@@ -72,6 +72,6 @@ def write_model_card(workdir: Path, bundle: ModelBundle, config) -> None:
   if not distributed.is_writer():
     return
   card = {"format": FORMAT, "model": model_kwargs(bundle.model), "class_names": list(bundle.class_names),
-          "class_texts": bundle.class_texts, "source": f"training run in {Path(workdir).absolute()}",
+          "class_texts": bundle.class_texts, "source": f"training run in {storage.absolute(workdir)}",
           "dataset": config.dataset, "fold": config.fold}
-  (Path(workdir) / "model.json").write_text(json.dumps(card, indent=2) + "\n")
+  storage.write_text_atomic(storage.path(workdir) / "model.json", json.dumps(card, indent=2) + "\n")

@@ -4,6 +4,11 @@ event files, and the console.
 On resume the jsonl is cut back to the restored step, so that a run killed and restarted ends
 with the same file as an uninterrupted one (the steps after the last checkpoint are re-run and
 re-logged, not duplicated).
+
+In a bucket (``gs://``), where an object cannot be appended to, metrics.jsonl is uploaded whole
+after each record, and TensorBoard writes into a local folder whose event files are uploaded to
+``WORKDIR/tensorboard`` after each record (TensorFlow's own GCS client would bypass gcsfs and
+ignore an emulator).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from dferclip_jax import distributed
+from dferclip_jax import distributed, storage
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -42,11 +47,11 @@ def json_plain(value: Any) -> Any:
 
 def write_json(path: str | Path, value: Any) -> None:
   """``value`` (made ``json_plain``) as an indented JSON file: the run's reports and results."""
-  Path(path).write_text(json.dumps(json_plain(value), indent=2) + "\n")
+  storage.write_text_atomic(path, json.dumps(json_plain(value), indent=2) + "\n")
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
-  path = Path(workdir) / METRICS_FILE
+  path = storage.path(workdir) / METRICS_FILE
   if not path.exists():
     return []
   lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -74,25 +79,38 @@ class MetricWriter:
 
   def __init__(self, workdir: str | Path, resume_step: int = 0, tensorboard: bool = True):
     self.active = distributed.is_writer()
-    self.path = Path(workdir) / METRICS_FILE
+    workdir = storage.path(workdir)
+    self.path = workdir / METRICS_FILE
+    self.remote = storage.is_remote(workdir)
     self._tb = None
+    self._lines: list[str] = []  # a bucket's metrics.jsonl, uploaded whole after each record
     if not self.active:
       return
     self.path.parent.mkdir(parents=True, exist_ok=True)
     if self.path.exists():  # keep only what the restored state had already produced
       kept = [r for r in read_metrics(self.path.parent) if r.get("step", 0) <= resume_step]
-      self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+      self._lines = [json.dumps(r) + "\n" for r in kept]
+      storage.write_text_atomic(self.path, "".join(self._lines))
     if tensorboard:
       import tensorflow as tf
-      self._tb = tf.summary.create_file_writer(str(Path(workdir) / "tensorboard"))
+      self._tb_dir = workdir / "tensorboard"
+      self._tb_local = None
+      if self.remote:
+        import tempfile
+        self._tb_local = tempfile.TemporaryDirectory(prefix="dferclip-tensorboard-")
+      self._tb = tf.summary.create_file_writer(self._tb_local.name if self.remote else str(self._tb_dir))
 
   def write(self, step: int, scalars: Mapping[str, Any], extra: Mapping[str, Any] | None = None):
     """One jsonl record {"step", **scalars, **extra}; scalars also go to TensorBoard."""
     if not self.active:
       return
     record = {"step": int(step), **json_plain(dict(scalars)), **json_plain(dict(extra or {}))}
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    if self.remote:
+      self._lines.append(json.dumps(record) + "\n")
+      storage.write_text_atomic(self.path, "".join(self._lines))
+    else:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
     if self._tb is not None:
       import tensorflow as tf
       with self._tb.as_default(step=int(step)):
@@ -101,10 +119,21 @@ class MetricWriter:
           if isinstance(value, (int, float)):
             tf.summary.scalar(name, value)
       self._tb.flush()
+      self._upload_tensorboard()
+
+  def _upload_tensorboard(self) -> None:
+    if self._tb_local is None:
+      return
+    for event_file in sorted(Path(self._tb_local.name).iterdir()):  # local: the local staging folder
+      storage.copy_file(event_file, self._tb_dir / event_file.name)
 
   def close(self):
     if self._tb is not None:
       self._tb.close()
+      self._upload_tensorboard()
+      if self._tb_local is not None:
+        self._tb_local.cleanup()
+      self._tb = None
 
 
 def format_scalars(scalars: Mapping[str, Any]) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from dferclip_jax import distributed, evaluation, inference, metrics as metrics_lib
-from dferclip_jax import plots
+from dferclip_jax import plots, storage
 from dferclip_jax.train import checkpointing, config_checks, data_setup, model_setup, optimizer, reporting
 from dferclip_jax.train import init_checkpoint, preemption, workdir_lock
 from dferclip_jax.train import sharding as sharding_lib
@@ -33,7 +33,7 @@ def train_and_evaluate(config, workdir: str | Path, data: data_setup.DataBundle 
   evaluation report (a finished run's, unchanged, when it is run again). ``data`` replaces what
   the config's data section would open (the open-set experiments pass the known-class clips).
   SIGTERM/SIGINT stop it at the same step on every process, after a save there: ``Preempted``."""
-  workdir = Path(workdir)
+  workdir = storage.path(workdir)
   config_checks.check_config(config)  # every bad value fails here, before anything is written
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lock.WorkdirLock(workdir):  # before anything is written into it
@@ -215,8 +215,8 @@ def _finished_results(workdir: Path, total_steps: int) -> dict | None:
   if not path.is_file():
     return None
   try:
-    if path.stat().st_size > MAX_RESULTS_BYTES:  # ours are a few kB: read nothing that size
-      raise ValueError(f"{path.stat().st_size} bytes")
+    if storage.size(path) > MAX_RESULTS_BYTES:  # ours are a few kB: read nothing that size
+      raise ValueError(f"{storage.size(path)} bytes")
     results = json.loads(path.read_text())
   except ValueError as e:  # also UnicodeDecodeError, json.JSONDecodeError
     logging.warning("%s cannot be read (%s): resuming from the latest checkpoint to write it again",

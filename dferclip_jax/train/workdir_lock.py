@@ -28,7 +28,7 @@ import uuid
 import numpy as np
 from absl import logging
 
-from dferclip_jax import distributed
+from dferclip_jax import distributed, storage
 
 LOCK_FILE = "run.lock"
 # A lock this project writes is a few hundred bytes; anything longer is not one of ours.
@@ -42,7 +42,7 @@ class WorkdirLockedError(RuntimeError):
 
 
 def _is_local(path) -> bool:
-  return "://" not in str(path)
+  return not storage.is_remote(path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -93,7 +93,7 @@ class WorkdirLock:
     self._stop.set()
     if self._held:
       try:
-        if self._read().get("token") == self.record["token"]:
+        if (self._read() or {}).get("token") == self.record["token"]:
           self.path.unlink()
       except (OSError, ValueError) as e:  # never hide the run's own outcome behind this
         logging.warning("%s: could not remove the lock: %s", self.path, e)
@@ -174,7 +174,7 @@ class WorkdirLock:
         text = json.dumps({**self.record, "heartbeat": time.time()})
         if _is_local(self.path):
           tmp = f"{os.fspath(self.path)}.{self.record['token']}"
-          with open(tmp, "w") as f:
+          with open(tmp, "w") as f:  # local: the local branch
             f.write(text)
           os.replace(tmp, os.fspath(self.path))
         else:

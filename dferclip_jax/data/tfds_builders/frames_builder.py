@@ -143,7 +143,7 @@ class FramesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       names = names[:record.num_frames]
       data = []
       for name in names:
-        with open(os.path.join(folder, name), "rb") as f:
+        with open(os.path.join(folder, name), "rb") as f:  # local: TFDS builds from local frame folders
           data.append(f.read())
       clip = _relative(folder, root)
       origin = f"{_relative(record.source, root)}:{record.line}"
@@ -166,5 +166,5 @@ def _relative(path: str, root: str) -> str:
 def _read_path_map(path: str) -> tuple[str, ...]:
   if not os.path.isfile(path):
     return ()
-  with open(path, encoding="utf-8-sig") as f:
+  with open(path, encoding="utf-8-sig") as f:  # local: TFDS builds from local frame folders
     return tuple(line.strip() for line in f if line.strip() and not line.startswith("#"))
