@@ -228,3 +228,25 @@ def test_without_gcsfs_a_gs_path_is_one_error_naming_the_extra(emulator, tmp_pat
       "pip install -r requirements-gcs.txt")
   assert "Traceback" not in result.stderr
   assert list_objects(emulator, "nowhere/") == [] and not os.listdir(tmp_path)
+
+
+def test_two_processes_on_a_bucket_workdir(emulator, local_reference, tmp_path):
+  """scripts/launch_local.sh 2 x 4 devices on gs://bkt/two: one lock, one writer, every step
+  logged once, the checkpoints in the bucket, and the local 1 x 8 run's losses."""
+  env = {**os.environ, "STORAGE_EMULATOR_HOST": emulator, "PYTHON": sys.executable,
+         "DEVICES_PER_PROCESS": "4"}
+  result = subprocess.run(["bash", str(REPO / "scripts" / "launch_local.sh"), "2", *RUN,
+                           "--config.max_steps=5", "--workdir=gs://bkt/two", "--heartbeat_timeout=10"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  remote = records(read_object(emulator, "two/metrics.jsonl"))
+  assert [r["step"] for r in remote if "train/loss" in r] == [1, 2, 3, 4, 5]
+  local = {r["step"]: r["train/loss"] for r in
+           map(json.loads, (local_reference / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r}
+  for r in remote:
+    if "train/loss" in r:
+      assert r["train/loss"] == pytest.approx(local[r["step"]], rel=1e-3), r["step"]
+  names = list_objects(emulator, "two/")
+  assert "two/results.json" in names and "two/checkpoints/5/meta/metadata" in names
+  assert "two/run.lock" not in names and not os.listdir(tmp_path)
+  assert len([n for n in names if "tfevents" in n]) == 1  # one TensorBoard writer

@@ -78,6 +78,7 @@ def synthetic_lists(config, workdir: Path) -> tuple[str, str, str]:
   from dferclip_jax.data import synthetic
   s = config.data.synthetic
   out = storage.path(s.get("dir") or (storage.path(workdir) / "synthetic_data"))
+  ready = f"synthetic data in {out}"  # the same barrier name on every process
   if storage.is_remote(out):
     out = _local_synthetic_dir(config, out)
   elif distributed.is_writer():
@@ -85,7 +86,7 @@ def synthetic_lists(config, workdir: Path) -> tuple[str, str, str]:
         out, num_classes=len(config.class_names), clips_per_class=s.clips_per_class,
         frames_range=tuple(s.frames_range), image_size=s.image_size, seed=s.seed,
         temporal_pairs=s.temporal_pairs)
-  distributed.barrier(f"synthetic data in {out}")  # complete before any other host reads it
+  distributed.barrier(ready)  # complete before any other host reads it
   return str(out / "train.txt"), str(out / "test.txt"), str(out)
 
 
