@@ -47,6 +47,17 @@ _FACES = flags.DEFINE_bool(
     "faces", False, "predict: detect, follow and crop the face in the sampled frames first (MTCNN, "
     "pip install -r requirements-video.txt). Off by default: frame folders are taken to be face "
     "crops already, as the datasets ship them; turn it on for raw videos and uncropped frames.")
+_TIMELINE = flags.DEFINE_bool(
+    "timeline", False, "predict: slide the model's window over each input; one JSON line per window "
+    "({input, start_s, end_s, label, probs, top_k}), and per input a CSV and a PNG plot of the class "
+    "probabilities over time in --timeline_dir.")
+_WINDOW_S = flags.DEFINE_float("window_s", 3.0, "predict --timeline: window length in seconds (3 s: "
+                               "a typical DFEW training clip, 2-5 s).")
+_STRIDE_S = flags.DEFINE_float("stride_s", 1.0, "predict --timeline: seconds between window starts.")
+_FRAMES_FPS = flags.DEFINE_float("frames_fps", 30.0, "predict --timeline: the frame rate of frame "
+                                 "folders (video files state their own).")
+_TIMELINE_DIR = flags.DEFINE_string("timeline_dir", None, "predict --timeline: where the CSV and PNG "
+                                    "files go (default: beside --output, or WORKDIR/timeline).")
 _FOLDS = flags.DEFINE_list("folds", [], "crossval: which folds (default: all of the dataset's).")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "true", "false"],
@@ -165,6 +176,18 @@ def _run(argv):
     experiment.run_openset(config, workdir)
 
 
+def _timeline_dir(workdir):
+  from dferclip_jax import storage
+  if _TIMELINE_DIR.value:
+    return _TIMELINE_DIR.value
+  if _OUTPUT.value not in (None, "-"):
+    return str(storage.path(_OUTPUT.value).parent)
+  if not workdir:
+    raise app.UsageError("--timeline writing to stdout needs --timeline_dir (or --workdir) for its "
+                         "CSV and PNG files")
+  return str(storage.path(workdir) / "timeline")
+
+
 def _require_one_process(mode: str) -> None:
   import jax
   if jax.process_count() > 1:
@@ -178,6 +201,12 @@ def _predict(config, workdir):
   from dferclip_jax.train import sharding
   if not _INPUTS.value:
     raise app.UsageError("--mode=predict needs --inputs")
+  if _TIMELINE.value and _FACES.value:
+    raise app.UsageError("--timeline=true with --faces=true is not supported yet: extract the faces "
+                         "first (python -m dferclip_jax.cli.faces) and run the timeline on the folders")
+  if _TIMELINE.value and not (_WINDOW_S.value > 0 and _STRIDE_S.value > 0 and _FRAMES_FPS.value > 0):
+    raise app.UsageError(f"--window_s={_WINDOW_S.value}, --stride_s={_STRIDE_S.value}, "
+                         f"--frames_fps={_FRAMES_FPS.value}: each must be > 0")
   _require_one_process("predict")  # every host would predict every input and write the same file
   faces = None
   if _FACES.value:
@@ -191,11 +220,19 @@ def _predict(config, workdir):
       _CHECKPOINT.value, workdir, mesh, config.shard_min_size, dtype=jnp.dtype(config.dtype))
   names = names or list(config.class_names)
   logging.info("predicting with %s", source)
-  results = predict.predict(model, variables, predict.expand_inputs(_INPUTS.value), names,
-                            batch_size=config.eval_batch_size, top_k=_TOP_K.value,
-                            num_clips=config.eval_num_clips, faces=faces)
+  inputs = predict.expand_inputs(_INPUTS.value)
+  if _TIMELINE.value:
+    results = predict.predict_timeline(
+        model, variables, inputs, names, window_s=_WINDOW_S.value, stride_s=_STRIDE_S.value,
+        frames_fps=_FRAMES_FPS.value, batch_size=config.eval_batch_size, top_k=_TOP_K.value,
+        num_clips=config.eval_num_clips)
+    results = predict.write_timeline_files(results, _timeline_dir(workdir), names)
+  else:
+    results = predict.predict(model, variables, inputs, names, batch_size=config.eval_batch_size,
+                              top_k=_TOP_K.value, num_clips=config.eval_num_clips, faces=faces)
   done, failed = predict.write_jsonl(results, _OUTPUT.value)
-  logging.info("predicted %d input(s); %d could not be read (see their 'error')", done, failed)
+  logging.info("predicted %d %s; %d input(s) could not be read (see their 'error')", done,
+               "window(s)" if _TIMELINE.value else "input(s)", failed)
 
 
 if __name__ == "__main__":

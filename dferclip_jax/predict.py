@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 import jax
 import numpy as np
 
-from dferclip_jax import storage
+from dferclip_jax import storage, timeline as timeline_lib, video_stream
 from dferclip_jax.data.frames import VIDEO_SUFFIXES
 
 
@@ -41,19 +41,22 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
   return out
 
 
-def _video_frames(path: str) -> np.ndarray:
+def _sampled_video_frames(path: str, num_frames: int, num_clips: int):
+  """-> (frame count, decode(indices)) of a video file, holding only the test sampler's frames:
+  the video streams through the decoder once (video_stream), never whole in memory."""
+  import tensorflow as tf
+  from dferclip_jax.data import sampling
   try:
-    import av
-  except ImportError:
-    raise InputError(f"{path}: reading video files needs PyAV (pip install av)") from None
-  try:
-    with av.open(path) as container:
-      frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-  except Exception as e:  # PyAV raises many types (InvalidDataError, FileNotFoundError, ...)
-    raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
-  if not frames:
-    raise InputError(f"{path}: the video has no frames")
-  return np.stack(frames)
+    info = video_stream.probe(path)
+    wanted = sampling.test_indices(info.num_frames, num_segments=num_frames,
+                                   num_clips=num_clips).numpy().reshape(-1)
+    kept = video_stream.selected_frames(video_stream.decoded_frames(path), wanted)
+  except video_stream.VideoError as e:
+    raise InputError(str(e)) from None
+  order = sorted(kept)
+  position = {f: i for i, f in enumerate(order)}
+  stack = tf.constant(np.stack([kept[f] for f in order]))
+  return info.num_frames, lambda i: tf.gather(stack, [position[int(x)] for x in np.asarray(i)])
 
 
 def read_video_clip(path: str, image_size: int, num_frames: int, num_clips: int = 1, faces=None):
@@ -65,8 +68,7 @@ def read_video_clip(path: str, image_size: int, num_frames: int, num_clips: int 
   resize, and the return value is ``(clip, faces summary)``.
   """
   import tensorflow as tf
-  from dferclip_jax.data import frames as frames_lib, pipeline, sources
-  from dferclip_jax.data.records import ClipRecord
+  from dferclip_jax.data import pipeline, sources
   kwargs = dict(num_frames=num_frames, num_clips=num_clips, image_size=image_size)
   summary = {}
 
@@ -77,11 +79,7 @@ def read_video_clip(path: str, image_size: int, num_frames: int, num_clips: int 
     return clip if faces is None else (clip, summary)
 
   if os.path.isdir(path):
-    names = frames_lib.list_frames(path)
-    if not names:
-      raise InputError(f"{path}: the folder holds no {frames_lib.FRAME_SUFFIXES_TEXT} frames")
-    source = sources.FolderSource([ClipRecord(os.path.abspath(path), len(names), 0, source=path)])
-    count, _, handle = source.fetch(0)
+    source, count, handle = _frame_folder(path)
     try:
       return read(lambda i: sources.decode_frames(*source.frames(handle, i)), count)
     except (tf.errors.OpError, ValueError):
@@ -93,9 +91,21 @@ def read_video_clip(path: str, image_size: int, num_frames: int, num_clips: int 
   if os.path.isfile(path):
     if not path.lower().endswith(VIDEO_SUFFIXES):
       raise InputError(f"{path}: not a frame folder or a video file ({', '.join(VIDEO_SUFFIXES)})")
-    all_frames = tf.constant(_video_frames(path))
-    return read(lambda i: tf.gather(all_frames, i), len(all_frames))
+    count, decode = _sampled_video_frames(path, num_frames, num_clips)
+    return read(decode, count)
   raise InputError(f"{path}: no such file or folder")
+
+
+def _frame_folder(path: str):
+  """A frame folder as evaluation's source -> (source, frame count, handle)."""
+  from dferclip_jax.data import frames as frames_lib, sources
+  from dferclip_jax.data.records import ClipRecord
+  names = frames_lib.list_frames(path)
+  if not names:
+    raise InputError(f"{path}: the folder holds no {frames_lib.FRAME_SUFFIXES_TEXT} frames")
+  source = sources.FolderSource([ClipRecord(os.path.abspath(path), len(names), 0, source=path)])
+  count, _, handle = source.fetch(0)
+  return source, count, handle
 
 
 def _cropping_faces(decode, faces, path: str, size: int, summary: dict):
@@ -162,6 +172,8 @@ def predict(model, variables, inputs: Sequence[str], class_names: Sequence[str],
 def write_jsonl(results: Iterable[dict], path: str | None) -> tuple[int, int]:
   """Writes results as JSON lines (stdout when path is None or '-') -> (predicted, failed)."""
   import sys
+  if path not in (None, "-") and not storage.is_remote(path):
+    storage.path(path).parent.mkdir(parents=True, exist_ok=True)
   out = sys.stdout if path in (None, "-") else storage.path(path).open("w")
   done = failed = 0
   try:
@@ -174,3 +186,100 @@ def write_jsonl(results: Iterable[dict], path: str | None) -> tuple[int, int]:
     if out is not sys.stdout:
       out.close()
   return done, failed
+
+
+# ---------------------------------------------------------------------------- timeline
+
+
+def _timeline_frames(path: str, frames_fps: float):
+  """-> (frame count, fps, iterator of (index, frame) in order) for a video file or a frame
+  folder; a folder's frames are decoded one at a time, as they are asked for."""
+  from dferclip_jax.data import sources
+  if os.path.isdir(path):
+    source, count, handle = _frame_folder(path)
+
+    def folder_frames():
+      for i in range(count):
+        yield i, sources.decode_frames(*source.frames(handle, np.array([i], np.int32))).numpy()[0]
+    return count, frames_fps, folder_frames()
+  if os.path.isfile(path):
+    if not path.lower().endswith(VIDEO_SUFFIXES):
+      raise InputError(f"{path}: not a frame folder or a video file ({', '.join(VIDEO_SUFFIXES)})")
+    try:
+      info = video_stream.probe(path)
+    except video_stream.VideoError as e:
+      raise InputError(str(e)) from None
+    return info.num_frames, info.fps, enumerate(video_stream.decoded_frames(path))
+  raise InputError(f"{path}: no such file or folder")
+
+
+def predict_timeline(model, variables, inputs: Sequence[str], class_names: Sequence[str], *,
+                     window_s: float = timeline_lib.DEFAULT_WINDOW_S,
+                     stride_s: float = timeline_lib.DEFAULT_STRIDE_S,
+                     frames_fps: float = timeline_lib.DEFAULT_FRAMES_FPS, batch_size: int = 32,
+                     top_k: int = 3, num_clips: int = 1) -> Iterator[dict]:
+  """Yields one result per window of each input, in order ({"input", "start_s", "end_s",
+  "label", "probs", "top_k"}), or one {"input", "error"} for an input that cannot be read.
+  Windows are batched (``batch_size``), across inputs' boundaries too."""
+  import tensorflow as tf
+  from dferclip_jax.data import augment
+  from dferclip_jax.inference import clip_probabilities, jit_class_text_features
+  image_size = model.clip_config.vision_config.image_size
+  text_features = jit_class_text_features(model)(variables)
+  probs_fn = jax.jit(lambda v, t, x: clip_probabilities(model, v, x, t))
+  names = list(class_names) or [str(i) for i in range(model.num_classes)]
+  top_k = max(1, min(top_k, len(names)))
+
+  def resize(frame):
+    return augment.resize_clip_uint8(tf.constant(frame[None]), image_size).numpy()[0]
+
+  def run(pending):
+    batch = np.stack([clip for _, clip in pending])
+    if len(batch) < batch_size:  # one compiled shape for every batch
+      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), 0)])
+    probs = np.asarray(probs_fn(variables, text_features, batch))[:len(pending)]
+    for (meta, _), row in zip(pending, probs):
+      order = np.argsort(-row)[:top_k]
+      yield {**meta, "label": names[order[0]], "probs": {n: float(row[i]) for i, n in enumerate(names)},
+             "top_k": [[names[i], float(row[i])] for i in order]}
+
+  pending = []
+  for path in inputs:
+    try:
+      count, fps, frames = _timeline_frames(path, frames_fps)
+      windows = timeline_lib.make_windows(count, fps, window_s, stride_s)
+      indices = [timeline_lib.window_indices(w, model.num_frames, num_clips) for w in windows]
+      for w, clip in timeline_lib.window_clips(frames, indices, resize):
+        meta = {"input": path, "start_s": windows[w].start / fps, "end_s": windows[w].end / fps}
+        pending.append((meta, clip if num_clips > 1 else clip[0]))
+        if len(pending) == batch_size:
+          yield from run(pending)
+          pending = []
+    except (InputError, video_stream.VideoError, ValueError) as e:
+      yield from run(pending) if pending else ()
+      pending = []
+      yield {"input": path, "error": str(e)}
+  if pending:
+    yield from run(pending)
+
+
+def write_timeline_files(results: Iterable[dict], out_dir, class_names: Sequence[str]) -> Iterator[dict]:
+  """Passes ``results`` through; for each input with windows, writes ``<input>.csv`` and
+  ``<input>.png`` (probabilities over time, top class shaded) into ``out_dir``."""
+  rows: list[dict] = []
+
+  def finish():
+    if rows:
+      name = timeline_lib.slug(rows[0]["input"])
+      directory = storage.path(out_dir)
+      timeline_lib.write_csv(directory / f"{name}.csv", rows, class_names)
+      timeline_lib.save_plot(directory / f"{name}.png", rows, class_names, rows[0]["input"])
+
+  for r in results:
+    if rows and r["input"] != rows[0]["input"]:
+      finish()
+      rows = []
+    if "error" not in r:
+      rows.append(r)
+    yield r
+  finish()

@@ -85,6 +85,7 @@ def _check_gcs(text: str) -> None:
   # gcsfs asks for the bucket's type with default credentials and warns on every path when there
   # are none (an emulator, a plain service account): its fallback is the right one.
   pylogging.getLogger("gcsfs").setLevel(pylogging.ERROR)
+  pylogging.getLogger("fsspec").setLevel(pylogging.WARNING)  # a line per file opened, at INFO
   if os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0"):
     raise MissingExtraError(f"{text}: EPATH_USE_TF={os.environ['EPATH_USE_TF']} sends gs:// to "
                             "TensorFlow's GCS client; unset it (this project uses gcsfs)")

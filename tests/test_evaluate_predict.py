@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+import videos
 from configs import demo
 from dferclip_jax import crossval, evaluation, predict
 from dferclip_jax.cli import convert_official
@@ -61,15 +62,7 @@ def test_class_order_mismatch_is_refused(official_fixture_dir, converted, tmp_pa
 
 
 def write_video(path, frames):
-  av = pytest.importorskip("av")
-  with av.open(str(path), "w") as container:
-    stream = container.add_stream("mpeg4", rate=8)
-    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-    for frame in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
+  videos.write_video(path, frames)
 
 
 def test_predict_folders_video_and_a_bad_input(official_fixture_dir, converted, tmp_path):

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import videos
 from dferclip_jax.faces import extract, labels
 
 pytest.importorskip("mtcnn")
@@ -37,15 +38,7 @@ def portrait_frames(positions):
 
 
 def write_video(path, frames):
-  with av.open(str(path), "w") as container:
-    stream = container.add_stream("mpeg4", rate=8)
-    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-    stream.options = {"qscale": "2"}
-    for frame in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
+  videos.write_video(path, frames, options={"qscale": "2"})
 
 
 # Seven frames: the portrait slides right and down while it grows from 150 to 186 pixels.
