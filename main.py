@@ -201,9 +201,6 @@ def _predict(config, workdir):
   from dferclip_jax.train import sharding
   if not _INPUTS.value:
     raise app.UsageError("--mode=predict needs --inputs")
-  if _TIMELINE.value and _FACES.value:
-    raise app.UsageError("--timeline=true with --faces=true is not supported yet: extract the faces "
-                         "first (python -m dferclip_jax.cli.faces) and run the timeline on the folders")
   if _TIMELINE.value and not (_WINDOW_S.value > 0 and _STRIDE_S.value > 0 and _FRAMES_FPS.value > 0):
     raise app.UsageError(f"--window_s={_WINDOW_S.value}, --stride_s={_STRIDE_S.value}, "
                          f"--frames_fps={_FRAMES_FPS.value}: each must be > 0")
@@ -225,7 +222,7 @@ def _predict(config, workdir):
     results = predict.predict_timeline(
         model, variables, inputs, names, window_s=_WINDOW_S.value, stride_s=_STRIDE_S.value,
         frames_fps=_FRAMES_FPS.value, batch_size=config.eval_batch_size, top_k=_TOP_K.value,
-        num_clips=config.eval_num_clips)
+        num_clips=config.eval_num_clips, faces=faces)
     results = predict.write_timeline_files(results, _timeline_dir(workdir), names)
   else:
     results = predict.predict(model, variables, inputs, names, batch_size=config.eval_batch_size,

@@ -14,6 +14,7 @@ sampled frames are cropped to the face first (``main.py --mode=predict --faces=t
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -110,9 +111,14 @@ def _frame_folder(path: str):
 
 def _cropping_faces(decode, faces, path: str, size: int, summary: dict):
   """``decode`` followed by the face step on the decoded frames; fills ``summary``."""
+  from dferclip_jax.faces import extract
+
   def decode_faces(indices):
     frames = decode(indices).numpy()[None]
-    crops, found = faces.crop_sampled(path, frames, indices.numpy()[None], size)
+    try:
+      crops, found = faces.crop_sampled(path, frames, indices.numpy()[None], size)
+    except extract.FaceError as e:
+      raise InputError(str(e)) from None
     summary.update(found)
     return crops[0]
   return decode_faces
@@ -217,12 +223,18 @@ def predict_timeline(model, variables, inputs: Sequence[str], class_names: Seque
                      window_s: float = timeline_lib.DEFAULT_WINDOW_S,
                      stride_s: float = timeline_lib.DEFAULT_STRIDE_S,
                      frames_fps: float = timeline_lib.DEFAULT_FRAMES_FPS, batch_size: int = 32,
-                     top_k: int = 3, num_clips: int = 1) -> Iterator[dict]:
+                     top_k: int = 3, num_clips: int = 1, faces=None) -> Iterator[dict]:
   """Yields one result per window of each input, in order ({"input", "start_s", "end_s",
   "label", "probs", "top_k"}), or one {"input", "error"} for an input that cannot be read.
-  Windows are batched (``batch_size``), across inputs' boundaries too."""
+  Windows are batched (``batch_size``), across inputs' boundaries too.
+
+  ``faces`` (a ``FaceStep``): the face is detected and followed once over the whole input (a
+  detection about every 0.2 s, boxes between interpolated and smoothed), each window's sampled
+  frames are cropped with its boxes, and each line gains ``face_box``, the box at the window's
+  middle frame."""
   import tensorflow as tf
   from dferclip_jax.data import augment
+  from dferclip_jax.faces import extract
   from dferclip_jax.inference import clip_probabilities, jit_class_text_features
   image_size = model.clip_config.vision_config.image_size
   text_features = jit_class_text_features(model)(variables)
@@ -230,8 +242,12 @@ def predict_timeline(model, variables, inputs: Sequence[str], class_names: Seque
   names = list(class_names) or [str(i) for i in range(model.num_classes)]
   top_k = max(1, min(top_k, len(names)))
 
-  def resize(frame):
-    return augment.resize_clip_uint8(tf.constant(frame[None]), image_size).numpy()[0]
+  def resizer(boxes):
+    def resize(index, frame):
+      if boxes is not None:
+        frame = extract.crop(frame, boxes[index], image_size)
+      return augment.resize_clip_uint8(tf.constant(frame[None]), image_size).numpy()[0]
+    return resize
 
   def run(pending):
     batch = np.stack([clip for _, clip in pending])
@@ -247,10 +263,13 @@ def predict_timeline(model, variables, inputs: Sequence[str], class_names: Seque
   for path in inputs:
     try:
       count, fps, frames = _timeline_frames(path, frames_fps)
+      boxes = _face_boxes(path, faces, fps, count) if faces is not None else None
       windows = timeline_lib.make_windows(count, fps, window_s, stride_s)
       indices = [timeline_lib.window_indices(w, model.num_frames, num_clips) for w in windows]
-      for w, clip in timeline_lib.window_clips(frames, indices, resize):
+      for w, clip in timeline_lib.window_clips(frames, indices, resizer(boxes)):
         meta = {"input": path, "start_s": windows[w].start / fps, "end_s": windows[w].end / fps}
+        if boxes is not None:
+          meta["face_box"] = [int(v) for v in boxes[(windows[w].start + windows[w].end - 1) // 2]]
         pending.append((meta, clip if num_clips > 1 else clip[0]))
         if len(pending) == batch_size:
           yield from run(pending)
@@ -261,6 +280,21 @@ def predict_timeline(model, variables, inputs: Sequence[str], class_names: Seque
       yield {"input": path, "error": str(e)}
   if pending:
     yield from run(pending)
+
+
+def _face_boxes(path: str, faces, fps: float, count: int) -> np.ndarray:
+  """One pass of face detection over the whole input -> crop boxes [count, 4]."""
+  from dferclip_jax.faces import extract
+  settings = dataclasses.replace(faces.settings,
+                                 detect_every=max(faces.settings.detect_every, round(fps / 5)))
+  try:
+    track = extract.plan(path, extract.detect_clip(path, faces.detector, settings), settings)
+  except extract.FaceError as e:
+    raise InputError(str(e)) from None
+  if len(track.boxes) != count:
+    raise InputError(f"{path}: {len(track.boxes)} frames when detecting faces, {count} when "
+                     f"counting them")
+  return track.boxes
 
 
 def write_timeline_files(results: Iterable[dict], out_dir, class_names: Sequence[str]) -> Iterator[dict]:

@@ -56,10 +56,11 @@ def window_indices(window: Window, num_frames: int, num_clips: int = 1) -> np.nd
 
 
 def window_clips(frames: Iterable[tuple[int, np.ndarray]], indices: Sequence[np.ndarray],
-                 resize: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+                 resize: Callable[[int, np.ndarray], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
   """(window number, clip [K, T, S, S, 3]) in window order, from ``frames`` ((index, frame) in
-  increasing index order, at least every index ``indices`` names). A frame is resized when it
-  arrives and kept only until the last window that samples it is out."""
+  increasing index order, at least every index ``indices`` names). A frame is resized
+  (``resize(index, frame)``: a face crop may depend on the index) when it arrives and kept only
+  until the last window that samples it is out."""
   last_user: dict[int, int] = {}
   for w, idx in enumerate(indices):
     for f in np.unique(idx):
@@ -69,7 +70,7 @@ def window_clips(frames: Iterable[tuple[int, np.ndarray]], indices: Sequence[np.
   next_window = 0
   for index, frame in frames:
     if index in last_user:
-      kept[index] = resize(frame)
+      kept[index] = resize(index, frame)
     while next_window < len(indices) and complete_at[next_window] <= index:
       idx = indices[next_window]
       yield next_window, np.stack([np.stack([kept[int(f)] for f in row]) for row in idx])

@@ -167,3 +167,26 @@ def test_predict_loads_the_face_crop_of_each_sampled_frame(media):
   assert np.abs(clip[0].astype(float) - by_hand).mean() < 8  # the face, not the whole frame
   whole = np.asarray(Image.fromarray(frame).resize((32, 32), Image.BOX), float)
   assert np.abs(clip[0].astype(float) - whole).mean() > 30
+
+
+def test_timeline_follows_the_face_once_over_the_video(media, tmp_path):
+  """--timeline with --faces: one face track over the whole video; each window's line carries
+  the crop box at its middle frame (covering the face there), a faceless video is one error line."""
+  model = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                       "fixtures", "demo_model")
+  out = tmp_path / "timeline.jsonl"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  subprocess.run([sys.executable, "main.py", "--mode=predict", "--config=configs/demo.py",
+                  f"--checkpoint={model}", "--faces=true", "--timeline=true", "--window_s=0.5",
+                  "--stride_s=0.25", f"--output={out}", f"--inputs={media['moving']},{media['coffee']}"],
+                 check=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 timeout=600)
+  lines = [json.loads(l) for l in out.read_text().splitlines()]
+  windows, (error,) = lines[:-1], lines[-1:]
+  # 7 frames at 8 fps, windows of 4 frames every 2, and the tail's window ending at the last frame
+  assert [(w["start_s"], w["end_s"]) for w in windows] == [(0.0, 0.5), (0.25, 0.75), (0.375, 0.875)]
+  names = json.loads(open(os.path.join(model, "model.json")).read())["class_names"]
+  for w, middle in zip(windows, (1, 3, 4)):
+    assert w["label"] in names and w["input"] == media["moving"]
+    assert_boxes_cover([w["face_box"]], media["moving_cores"][middle:middle + 1])
+  assert error["input"] == media["coffee"] and "no face found" in error["error"]

@@ -51,7 +51,8 @@ def test_window_clips_reads_each_frame_once_and_lets_it_go():
     for i in range(40):
       yield i, np.full((2, 2, 3), i, np.uint8)
 
-  def resize(frame):
+  def resize(index, frame):
+    assert index == int(frame[0, 0, 0])
     resized.append(int(frame[0, 0, 0]))
     return frame[:1, :1]
 

@@ -175,18 +175,15 @@ class FaceStep:
 
   def crop_sampled(self, path: str, video: np.ndarray, indices: np.ndarray,
                    size: int) -> tuple[np.ndarray, dict]:
-    """uint8 [K, T, H, W, 3] sampled at ``indices`` [K, T] -> ([K, T, size, size, 3], summary)."""
-    from dferclip_jax.predict import InputError
+    """uint8 [K, T, H, W, 3] sampled at ``indices`` [K, T] -> ([K, T, size, size, 3], summary);
+    ``FaceError`` where no face is found."""
     first = {}
     for k, row in enumerate(indices):
       for t, i in enumerate(row.tolist()):
         first.setdefault(i, (k, t))
     unique = sorted(first)
-    try:
-      crops, summary = crop_frames(np.stack([video[first[i]] for i in unique]), self.detector,
-                                   self.settings, size, where=path)
-    except FaceError as e:
-      raise InputError(str(e)) from None
+    crops, summary = crop_frames(np.stack([video[first[i]] for i in unique]), self.detector,
+                                 self.settings, size, where=path)
     lookup = dict(zip(unique, crops))
     summary["frame_indices"] = unique
     return np.stack([np.stack([lookup[i] for i in row.tolist()]) for row in indices]), summary

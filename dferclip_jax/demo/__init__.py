@@ -1,0 +1,1 @@
+"""The local web demo (``python -m dferclip_jax.cli.demo``)."""
