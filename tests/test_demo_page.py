@@ -135,3 +135,20 @@ def test_a_bad_upload_is_a_message_and_the_server_goes_on(server, browser, video
   assert "no face found" in error_shown(browser)
   upload(browser, server, video)  # the same server, the next upload
   wait_for(browser, lambda d: d.find_element(By.ID, "status").text == "done")
+
+
+def test_face_crops_of_a_portrait_video(server, browser, tmp_path):
+  """"Find and follow the face" on a portrait moving across the frame: the page shows the
+  tracked crops (one per sampled frame) under their title."""
+  from selenium.webdriver.common.by import By
+  from test_faces import MOVING, portrait_frames
+  frames, _ = portrait_frames(MOVING * 2)
+  path = tmp_path / "portrait.mp4"
+  videos.write_video(path, frames, options={"qscale": "2"})
+  upload(browser, server, path, faces=True)
+  wait_for(browser, lambda d: d.find_element(By.ID, "status").text == "done"
+           or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+  assert browser.find_element(By.ID, "status").text == "done", browser.find_element(By.ID, "status").text
+  assert browser.find_element(By.ID, "crops-title").text == "The tracked face crops the model saw"
+  frames_per_clip = json.loads((MODEL / "model.json").read_text())["model"]["num_frames"]
+  assert len(browser.find_elements(By.CSS_SELECTOR, "#crops img.crop")) == frames_per_clip

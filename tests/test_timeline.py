@@ -128,6 +128,29 @@ def test_class_a_then_class_b_over_time(demo_clips, tmp_path):
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_frame_folder_gives_the_video_s_timeline(demo_clips, tmp_path):
+  """The same frames as PNG files (lossless, like the ffv1 video) at --frames_fps=8: the same
+  windows and probabilities as the video file."""
+  from PIL import Image
+  frames = np.concatenate(demo_clips[2][:2] + demo_clips[3][:2])
+  folder = tmp_path / "frames"
+  folder.mkdir()
+  for t, frame in enumerate(frames):
+    Image.fromarray(frame).save(folder / f"{t:05d}.png")
+  video = tmp_path / "same.mkv"
+  write_video(video, frames, fps=8)
+  run_main(f"--inputs={folder},{video}", "--timeline=true", "--frames_fps=8",
+           f"--output={tmp_path / 'both.jsonl'}")
+  rows = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
+  from_folder = [r for r in rows if r["input"] == str(folder)]
+  from_video = [r for r in rows if r["input"] == str(video)]
+  assert len(from_folder) == len(from_video) == 6  # 64 frames, 8 s: 3 s windows at 0, 1, ..., 5 s
+  for a, b in zip(from_folder, from_video):
+    assert (a["start_s"], a["end_s"]) == (b["start_s"], b["end_s"])
+    for name, p in b["probs"].items():
+      assert a["probs"][name] == pytest.approx(p, abs=1e-6)
+
+
 def test_a_clip_shorter_than_a_window_is_one_window_equal_to_predict(demo_clips, tmp_path):
   video = tmp_path / "short.mkv"
   write_video(video, demo_clips[3][0], fps=8)  # 2 s, under the default 3 s window
