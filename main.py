@@ -117,7 +117,7 @@ def main(argv):
       sys.stderr.flush()
       report = os.dup(2)
       os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-      os.write(report, f"error: {e}\n".encode())
+      os.write(report, f"\nerror: {e}\n".encode())  # a fresh line: a thread may be mid-line
       os._exit(1)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -58,6 +58,7 @@ def test_a_full_disk_is_one_line_and_the_earlier_checkpoint_resumes(tmp_path, sm
   stderr = proc.communicate(timeout=300)[1]
   assert proc.returncode == 1, stderr[-3000:]
   error = [line for line in stderr.splitlines() if line.startswith("error: ")]
+  assert len(error) == 1, stderr[-4000:]
   assert error == [
       f"error: could not save the checkpoint of step 5 in {small_disk}: No space left on device "
       f"(ENOSPC) writing {error[0].split(' writing ')[1].split(';')[0]}; the checkpoints before it "

@@ -138,10 +138,18 @@ class Checkpointer:
     finished when its temporary folder has been renamed to the step's."""
     if step is None or storage.is_remote(self.directory) or (self.directory / str(step)).is_dir():
       return
-    stats = os.statvfs(self.directory)
-    if stats.f_bavail * stats.f_frsize < (1 << 20):
+    if self._disk_full():
       raise OSError(errno_lib.ENOSPC, os.strerror(errno_lib.ENOSPC), str(self.directory))
     raise OSError(errno_lib.EIO, "the save did not finish (see the log above)", str(self.directory))
+
+  def _disk_full(self) -> bool:
+    if storage.is_remote(self.directory):
+      return False
+    try:
+      stats = os.statvfs(self.directory)
+    except OSError:
+      return False
+    return stats.f_bavail * stats.f_frsize < (1 << 20)
 
   @contextlib.contextmanager
   def _storage_errors(self, step):
@@ -151,6 +159,10 @@ class Checkpointer:
       yield
     except Exception as e:  # noqa: BLE001 -- only OS errors are converted; the rest re-raised
       found = os_error_of(e)
+      if found is None and self._disk_full():
+        # Orbax's asyncio machinery can fail on a full disk with its own error ("Event loop is
+        # closed") instead of the OS error: the disk says what happened.
+        found = (errno_lib.ENOSPC, "")
       if found is None:
         raise
       self._failed = True  # close() removes the unfinished save, once Orbax's threads are done
