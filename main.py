@@ -108,7 +108,8 @@ def main(argv):
     logging.warning("%s", stopped)
     preemption.exit_for_requeue()
   except (checkpointing.CheckpointSaveError, workdir_lock.WorkdirLockedError,
-          state.NonFiniteLossError, storage.MissingExtraError) as e:
+          state.NonFiniteLossError, storage.MissingExtraError,
+          storage.UnsupportedPathError) as e:
     logging.error("%s", e)
     logging.flush()
     if isinstance(e, checkpointing.CheckpointSaveError):

@@ -37,6 +37,10 @@ class MissingExtraError(ValueError):
   """A gs:// path, but the optional storage packages are not installed."""
 
 
+class UnsupportedPathError(ValueError):
+  """A URL of a scheme other than gs:// (s3://, hf://, ...)."""
+
+
 def is_remote(value) -> bool:
   return os.fspath(value).startswith(REMOTE_SCHEMES)
 
@@ -54,7 +58,7 @@ def path(value) -> AnyPath:
   if text.startswith("file://"):
     text = text[len("file://"):]
   elif _URL.match(text):
-    raise ValueError(f"{text}: only local paths and gs:// paths are supported")
+    raise UnsupportedPathError(f"{text}: only local paths and gs:// paths are supported")
   return pathlib.Path(text).expanduser()
 
 
