@@ -106,7 +106,7 @@ def _frame_folder(path: str):
     raise InputError(f"{path}: the folder holds no {frames_lib.FRAME_SUFFIXES_TEXT} frames")
   source = sources.FolderSource([ClipRecord(os.path.abspath(path), len(names), 0, source=path)])
   count, _, handle = source.fetch(0)
-  return source, count, handle
+  return source, int(count), handle  # a tensor's count would turn the windows' times into tensors
 
 
 def _cropping_faces(decode, faces, path: str, size: int, summary: dict):
@@ -125,9 +125,11 @@ def _cropping_faces(decode, faces, path: str, size: int, summary: dict):
 
 
 def predict(model, variables, inputs: Sequence[str], class_names: Sequence[str], *, batch_size: int = 32,
-            top_k: int = 3, num_clips: int = 1, workers: int = 8, faces=None) -> Iterator[dict]:
+            top_k: int = 3, num_clips: int = 1, workers: int = 8, faces=None,
+            keep_clips: bool = False) -> Iterator[dict]:
   """Yields one result dict per input, in input order; with ``faces`` (a ``FaceStep``) the
-  sampled frames are face crops and each result gains a ``faces`` summary."""
+  sampled frames are face crops and each result gains a ``faces`` summary. ``keep_clips``: each
+  result also holds ``clip``, the uint8 frames the model saw (no second read, no second detection)."""
   from dferclip_jax.inference import clip_probabilities, jit_class_text_features
   image_size = model.clip_config.vision_config.image_size
   text_features = jit_class_text_features(model)(variables)  # once, not per batch
@@ -161,6 +163,9 @@ def predict(model, variables, inputs: Sequence[str], class_names: Sequence[str],
                       "top_k": [[names[i], float(row[i])] for i in order]}
         if p in face_summaries:
           results[p]["faces"] = face_summaries.pop(p)
+    if keep_clips:
+      for p, clip in good:
+        results[p]["clip"] = clip
     for p, clip, error in pending:
       yield results[p] if clip is not None else {"input": p, "error": error}
 

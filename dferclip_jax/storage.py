@@ -15,6 +15,7 @@ Orbax itself uses, read and written through fsspec/gcsfs.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pathlib
@@ -77,6 +78,16 @@ def configure_emulator(environ=os.environ) -> None:
   environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # emulators accept any token
 
 
+@functools.cache
+def _quiet_gcs_logs() -> None:
+  """Once per process, not on every path."""
+  import logging as pylogging
+  # gcsfs asks for the bucket's type with default credentials and warns on every path when there
+  # are none (an emulator, a plain service account): its fallback is the right one.
+  pylogging.getLogger("gcsfs").setLevel(pylogging.ERROR)
+  pylogging.getLogger("fsspec").setLevel(pylogging.WARNING)  # a line per file opened, at INFO
+
+
 def _check_gcs(text: str) -> None:
   try:
     import gcsfs  # noqa: F401
@@ -85,11 +96,7 @@ def _check_gcs(text: str) -> None:
         f"{text}: a gs:// path needs the Cloud Storage extra, which is not installed: "
         f"pip install -r {GCS_EXTRA}") from None
   configure_emulator()
-  import logging as pylogging
-  # gcsfs asks for the bucket's type with default credentials and warns on every path when there
-  # are none (an emulator, a plain service account): its fallback is the right one.
-  pylogging.getLogger("gcsfs").setLevel(pylogging.ERROR)
-  pylogging.getLogger("fsspec").setLevel(pylogging.WARNING)  # a line per file opened, at INFO
+  _quiet_gcs_logs()
   if os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0"):
     raise MissingExtraError(f"{text}: EPATH_USE_TF={os.environ['EPATH_USE_TF']} sends gs:// to "
                             "TensorFlow's GCS client; unset it (this project uses gcsfs)")

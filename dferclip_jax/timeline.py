@@ -103,7 +103,12 @@ def write_csv(target, rows: Sequence[dict], class_names: Sequence[str]) -> None:
 
 
 def save_plot(target, rows: Sequence[dict], class_names: Sequence[str], title: str) -> None:
-  """Each class's probability over time (at the windows' centres), the top class shaded."""
+  """The plot of ``plot_png`` at ``target`` (local or in a bucket)."""
+  storage.write_bytes_atomic(target, plot_png(rows, class_names, title))
+
+
+def plot_png(rows: Sequence[dict], class_names: Sequence[str], title: str) -> bytes:
+  """Each class's probability over time (at the windows' centres), the top class shaded: PNG bytes."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -122,5 +127,7 @@ def save_plot(target, rows: Sequence[dict], class_names: Sequence[str], title: s
   ax.set_title(title)
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
   fig.tight_layout()
-  storage.save_figure(fig, target, dpi=100)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
   plt.close(fig)
+  return buffer.getvalue()

@@ -14,7 +14,7 @@ import pytest
 
 import videos
 from conftest import FIXTURES, REPO
-from dferclip_jax import timeline
+from dferclip_jax import predict, timeline
 
 pytest.importorskip("av", reason="video files need requirements-video.txt (PyAV)")
 
@@ -139,9 +139,14 @@ def test_a_frame_folder_gives_the_video_s_timeline(demo_clips, tmp_path):
     Image.fromarray(frame).save(folder / f"{t:05d}.png")
   video = tmp_path / "same.mkv"
   write_video(video, frames, fps=8)
+  plots = tmp_path / "plots"
   run_main(f"--inputs={folder},{video}", "--timeline=true", "--frames_fps=8",
-           f"--output={tmp_path / 'both.jsonl'}")
+           f"--output={tmp_path / 'both.jsonl'}", f"--timeline_dir={plots}")
   rows = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
+  # --timeline_dir: a CSV and a PNG per input there, none beside --output.
+  assert sorted(p.name for p in plots.iterdir()) == sorted(
+      f"{timeline.slug(str(x))}.{ext}" for x in (folder, video) for ext in ("csv", "png"))
+  assert not list(tmp_path.glob("*.csv"))
   from_folder = [r for r in rows if r["input"] == str(folder)]
   from_video = [r for r in rows if r["input"] == str(video)]
   assert len(from_folder) == len(from_video) == 6  # 64 frames, 8 s: 3 s windows at 0, 1, ..., 5 s
@@ -188,3 +193,20 @@ def test_ten_minutes_of_720p_in_bounded_memory(tmp_path):
   assert peak_mib < PEAK_RSS_BOUND_MIB
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   assert len(rows) == 598 and rows[-1]["end_s"] == 600.0  # 3 s windows every 1 s over 600 s
+
+
+def test_a_frame_folder_shorter_than_a_window_is_one_window(tmp_path):
+  """20 frames at the default 30 fps (0.67 s, under the 3 s window): one window over all of them,
+  its times plain floats (a folder's frame count once came back as a tensor and broke the times)."""
+  from PIL import Image
+  from dferclip_jax.cli import demo
+  folder = tmp_path / "short"
+  folder.mkdir()
+  for t, frame in enumerate(np.random.default_rng(1).integers(0, 256, (20, 40, 40, 3), dtype=np.uint8)):
+    Image.fromarray(frame).save(folder / f"{t:05d}.png")
+  model, variables, names, _, _ = demo.load(str(MODEL))
+  (row,) = predict.predict_timeline(model, variables, [str(folder)], names, batch_size=2)
+  assert (row["start_s"], row["end_s"]) == (0.0, 20 / 30) and type(row["end_s"]) is float
+  (whole,) = predict.predict(model, variables, [str(folder)], names, batch_size=1)
+  for name, p in whole["probs"].items():
+    assert row["probs"][name] == pytest.approx(p, abs=1e-6)

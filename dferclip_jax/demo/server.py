@@ -104,12 +104,9 @@ class Demo:
       face_step = self._faces
     job.message, job.progress = "the whole clip", 10
     (whole,) = list(predict.predict(self.model, self.variables, [path], self.class_names,
-                                    batch_size=1, top_k=3, faces=face_step))
+                                    batch_size=1, top_k=3, faces=face_step, keep_clips=True))
     if "error" in whole:
       raise ValueError(whole["error"])
-    size = self.model.clip_config.vision_config.image_size
-    clip = predict.read_video_clip(path, size, self.model.num_frames, faces=face_step)
-    clip = clip[0] if face_step is not None else clip
     job.message, job.progress = "the timeline", 40
     rows = []
     for row in predict.predict_timeline(self.model, self.variables, [path], self.class_names,
@@ -119,13 +116,10 @@ class Demo:
       rows.append(row)
       job.message = f"the timeline: {len(rows)} window(s), up to {row['end_s']:.1f} s"
       job.progress = min(95, 40 + len(rows))
-    png = Path(self.uploads) / f"{uuid.uuid4().hex}.png"  # local: the temporary folder
-    timeline.save_plot(png, rows, self.class_names, os.path.basename(path.rstrip("/")))
-    plot = png.read_bytes()
-    png.unlink()
+    plot = timeline.plot_png(rows, self.class_names, os.path.basename(path.rstrip("/")))
     return {"label": whole["label"], "probs": whole["probs"], "top_k": whole["top_k"],
             "timeline": rows, "timeline_png": base64.b64encode(plot).decode(),
-            "crops": [_png(frame) for frame in clip], "faces": face_step is not None}
+            "crops": [_png(frame) for frame in whole["clip"]], "faces": face_step is not None}
 
 
 def _png(frame: np.ndarray) -> str:

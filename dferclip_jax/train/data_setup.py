@@ -75,28 +75,32 @@ class DataBundle:
 
 def synthetic_lists(config, workdir: Path) -> tuple[str, str, str]:
   """Generates (once) the synthetic dataset the config asks for -> (train list, test list, root)."""
-  from dferclip_jax.data import synthetic
-  s = config.data.synthetic
-  out = storage.path(s.get("dir") or (storage.path(workdir) / "synthetic_data"))
+  out = storage.path(config.data.synthetic.get("dir") or (storage.path(workdir) / "synthetic_data"))
   ready = f"synthetic data in {out}"  # the same barrier name on every process
   if storage.is_remote(out):
     out = _local_synthetic_dir(config, out)
+    _make_synthetic(config, out)
   elif distributed.is_writer():
-    synthetic.make_synthetic_dataset(
-        out, num_classes=len(config.class_names), clips_per_class=s.clips_per_class,
-        frames_range=tuple(s.frames_range), image_size=s.image_size, seed=s.seed,
-        temporal_pairs=s.temporal_pairs)
+    _make_synthetic(config, out)
   distributed.barrier(ready)  # complete before any other host reads it
   return str(out / "train.txt"), str(out / "test.txt"), str(out)
 
 
+def _make_synthetic(config, out) -> None:
+  from dferclip_jax.data import synthetic
+  s = config.data.synthetic
+  synthetic.make_synthetic_dataset(
+      out, num_classes=len(config.class_names), clips_per_class=s.clips_per_class,
+      frames_range=tuple(s.frames_range), image_size=s.image_size, seed=s.seed,
+      temporal_pairs=s.temporal_pairs)
+
+
 def _local_synthetic_dir(config, remote: Path) -> Path:
-  """The synthetic clips of a run whose workdir is in a bucket: frames are read from local disk
-  (or a FUSE mount), so each process generates its own copy, the same for the same recipe, in the
-  local temporary folder (one per process: two on one host must not race on a folder)."""
+  """Where the synthetic clips of a run whose workdir is in a bucket go: frames are read from
+  local disk (or a FUSE mount), so each process generates its own copy, the same for the same
+  recipe, in the local temporary folder (one per process: two on one host must not race)."""
   import hashlib
   import tempfile
-  from dferclip_jax.data import synthetic
   s = config.data.synthetic
   recipe = json.dumps([len(config.class_names), s.clips_per_class, list(s.frames_range),
                        s.image_size, s.seed, s.temporal_pairs])
@@ -104,10 +108,6 @@ def _local_synthetic_dir(config, remote: Path) -> Path:
   name = f"dferclip-synthetic-{digest}-process{jax.process_index()}"
   out = Path(tempfile.gettempdir()) / name  # local: the temporary folder
   logging.info("%s is in a bucket: the synthetic clips are generated locally in %s", remote, out)
-  synthetic.make_synthetic_dataset(
-      out, num_classes=len(config.class_names), clips_per_class=s.clips_per_class,
-      frames_range=tuple(s.frames_range), image_size=s.image_size, seed=s.seed,
-      temporal_pairs=s.temporal_pairs)
   return out
 
 
