@@ -10,7 +10,7 @@ from dferclip_jax import class_texts
 from dferclip_jax.models import clip_config
 from dferclip_jax.models.clip import CLIP, init_clip_params
 from dferclip_jax.models.dferclip import build_dferclip
-from dferclip_jax.models.prompts import PromptLearner
+from dferclip_jax.models.prompts import PromptLearner, splice_sources
 from dferclip_jax.models.temporal import TemporalTransformer
 from dferclip_jax.tokenizer import WordTokenizer
 
@@ -42,7 +42,9 @@ def numpy_temporal(params, frames, heads, dim_head):
     s = np.exp(s - s.max(-1, keepdims=True))
     s /= s.sum(-1, keepdims=True)
     o = (s @ v).transpose(0, 2, 1, 3).reshape(n, t + 1, heads * dim_head)
-    x = x + o @ p["attn"]["to_out"]["kernel"] + p["attn"]["to_out"]["bias"]
+    if "to_out" in p["attn"]:  # which configurations have it: test_output_projection_...
+      o = o @ p["attn"]["to_out"]["kernel"] + p["attn"]["to_out"]["bias"]
+    x = x + o
     h = gelu(ln(x, p["mlp_norm"]) @ p["fc1"]["kernel"] + p["fc1"]["bias"])
     x = x + h @ p["fc2"]["kernel"] + p["fc2"]["bias"]
     i += 1
@@ -78,7 +80,100 @@ def test_temporal_init_follows_pytorch_defaults():
     module.apply({"params": params}, jnp.zeros((1, 17, 512)))
 
 
+def test_output_projection_is_dropped_only_for_one_head_spanning_the_width():
+  """The official ``project_out = not (heads == 1 and dim_head == dim)``: one head as wide as the
+  features has no ``to_out``; one narrower head, or several full-width heads, have one. Outputs
+  against the numpy reference (rtol 1e-5; a dropped or extra projection moves them by O(1))."""
+  frames = np.random.default_rng(2).standard_normal((2, 3, 12)).astype(np.float32)
+  for heads, dim_head, projected in ((1, 12, False), (1, 4, True), (2, 12, True)):
+    module = TemporalTransformer(num_frames=4, depth=1, heads=heads, dim_head=dim_head, mlp_dim=20)
+    params = jax.tree.map(np.asarray, module.init(jax.random.PRNGKey(3), frames)["params"])
+    assert ("to_out" in params["layers_0"]["attn"]) == projected, (heads, dim_head)
+    ours = np.asarray(module.apply({"params": params}, frames))
+    reference = numpy_temporal(jax.tree.map(lambda a: a.astype(np.float64), params),
+                               frames.astype(np.float64), heads, dim_head)
+    np.testing.assert_allclose(ours, reference[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_every_linear_layer_and_the_class_token_follow_pytorch_init():
+  """Every kernel and bias is U(+-1/sqrt(fan_in)) and fills its range (max |w| within 10% of the
+  bound: a bound off by sqrt(fan_in) or a factor of 2 fails), the class token is N(0, 1)."""
+  module = TemporalTransformer(num_frames=4, depth=1, heads=4, dim_head=32, mlp_dim=256)
+  params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 64)))["params"]
+  layer = params["layers_0"]
+  fan_ins = {"to_qkv": 64, "to_out": 128, "fc1": 64, "fc2": 256}
+  denses = {"to_qkv": layer["attn"]["to_qkv"], "to_out": layer["attn"]["to_out"], "fc1": layer["fc1"],
+            "fc2": layer["fc2"]}
+  for name, dense in denses.items():
+    bound = fan_ins[name] ** -0.5
+    for kind, value in dense.items():
+      top = float(jnp.abs(value).max())
+      assert 0.9 * bound < top <= bound, (name, kind, top, bound)
+      # Both signs: U(-b, b), not U(0, b) or a constant (planted: uniform(+b, b) fills nothing).
+      assert float(value.min()) < -0.5 * bound and float(value.max()) > 0.5 * bound, (name, kind)
+  assert set(denses["to_qkv"]) == {"kernel"}
+  assert 0.85 < float(jnp.std(params["cls_token"])) < 1.15  # 64 draws of N(0, 1); planted N(0, 2) fails
+  with pytest.raises(ValueError, match=r"^5 frames, but the temporal model has positions for 4(\n|$)"):
+    module.apply({"params": params}, jnp.zeros((1, 5, 64)))
+  # Fewer frames than positions: the first t + 1 position embeddings are used.
+  module.apply({"params": params}, jnp.zeros((1, 3, 64)))
+
+
+def test_layer_norm_epsilon_is_torchs_1e_5_where_it_matters():
+  """Features of variance ~1e-6 (class token, positions and frames scaled by 1e-3), where the
+  LayerNorm epsilon dominates the variance: the output still follows the numpy reference with
+  eps 1e-5 (rtol 1e-4; eps 2e-5 or flax's 1e-6 moves the normalised values by > 10%)."""
+  module = TemporalTransformer(num_frames=3, depth=1, heads=2, dim_head=4, mlp_dim=16)
+  frames = 1e-3 * np.random.default_rng(5).standard_normal((2, 3, 8)).astype(np.float32)
+  params = jax.tree.map(np.asarray, module.init(jax.random.PRNGKey(6), frames)["params"])
+  params = {**params, "cls_token": 1e-3 * params["cls_token"], "pos_embedding": 1e-3 * params["pos_embedding"]}
+  ours = np.asarray(module.apply({"params": params}, frames))
+  reference = numpy_temporal(jax.tree.map(lambda a: a.astype(np.float64), params),
+                             frames.astype(np.float64), 2, 4)
+  np.testing.assert_allclose(ours, reference[:, 0], rtol=1e-4, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- prompt splicing
+
+
+def layout_by_lists(position, name_len, n_ctx, length):
+  """Where each output position comes from, by concatenating the layout's pieces: ("tok", i) is
+  token i of the tokenized prompt [sos, X * n_ctx, class * name_len, eot, pad...], ("ctx", k)
+  context vector k."""
+  ctx = [("ctx", k) for k in range(n_ctx)]
+  name = [("tok", 1 + n_ctx + i) for i in range(name_len)]
+  rest = [("tok", j) for j in range(1 + n_ctx + name_len, length)]
+  half = n_ctx // 2
+  middle = {"end": ctx + name, "front": name + ctx, "middle": ctx[:half] + name + ctx[half:]}
+  return [("tok", 0)] + middle[position] + rest
+
+
+def test_splice_sources_equal_the_layout_built_from_its_pieces():
+  """All three outputs of splice_sources against the layouts concatenated piece by piece: is_ctx
+  exactly, ctx_index where a context vector is read, token_index where a token is, and every index
+  a valid gather index (no out-of-range read, even where the other source is taken). Three
+  classes of different name lengths, n_ctx odd, even and 1, a class text ending at the last slot."""
+  for position in ("end", "front", "middle"):
+    for n_ctx, name_lens, length in ((4, [1, 2, 5], 12), (3, [2, 1, 4], 9), (1, [3, 1, 2], 7)):
+      # ("end" returns is_ctx as [1, L], the same for every class; broadcasting gives [C, L].)
+      is_ctx, ctx_index, token_index = (np.broadcast_to(np.asarray(a), (3, length)) for a in splice_sources(
+          np.array(name_lens), n_ctx, length, position))
+      for c, name_len in enumerate(name_lens):
+        layout = layout_by_lists(position, name_len, n_ctx, length)
+        where = f"{position}, n_ctx {n_ctx}, class {c}"
+        assert is_ctx[c].tolist() == [kind == "ctx" for kind, _ in layout], where
+        assert [ctx_index[c, j] if is_ctx[c, j] else token_index[c, j] for j in range(length)] == [
+            i for _, i in layout], where
+      assert ctx_index.min() >= 0 and ctx_index.max() < n_ctx, (position, n_ctx)
+      assert token_index.min() >= 0 and token_index.max() < length, (position, n_ctx)
+
+
+def test_bad_position_and_class_count_are_refused_by_name():
+  with pytest.raises(ValueError, match=r"^class token position 'start': expected one of \('end', 'middle', 'front'\)$"):
+    splice_sources(np.array([1]), 2, 6, "start")
+  learner = PromptLearner(3, 2)
+  with pytest.raises(ValueError, match=r"^2 prompts for 3 classes(\n|$)"):  # JAX may append a note
+    learner.init(jax.random.PRNGKey(0), jnp.zeros((2, 6, 4)), jnp.array([1, 1]))
 
 
 def spliced_layout(position, name_lens, n_ctx=4, length=12, class_specific=True):
@@ -158,6 +253,21 @@ def test_module_outputs_and_inputs(tiny_model):
   tokenizer = WordTokenizer(TEXTS + ["X"])
   assert variables["prompts"]["name_lens"].tolist() == [len(tokenizer.encode(t)) for t in TEXTS]
   assert variables["prompts"]["ids"][0, 1:3].tolist() == [tokenizer.vocab["x"]] * 2
+
+
+def test_mean_pooling_is_the_normalised_frame_mean(tiny_model):
+  """temporal_pooling="mean", the ablation: the video feature is the L2-normalised mean of the frame
+  features (numpy), the logits 100 * video @ text.T (rtol 1e-5; the transformer's output differs
+  by O(1))."""
+  model, variables = tiny_model
+  video = np.random.default_rng(1).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
+  out = model.clone(temporal_pooling="mean").apply(variables, video, return_features=True)
+  mean = np.asarray(out["frame_features"], np.float64).mean(1)
+  np.testing.assert_allclose(out["video_features"], mean / np.linalg.norm(mean, axis=-1, keepdims=True),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["logits"], 100 * out["video_features"] @ out["text_features"].T, rtol=1e-5)
+  with pytest.raises(ValueError, match=r"temporal_pooling='max': expected one of \('transformer', 'mean'\)"):
+    model.clone(temporal_pooling="max").apply(variables, video)
 
 
 def test_class_texts(tmp_path):

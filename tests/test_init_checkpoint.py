@@ -262,3 +262,94 @@ def test_dfew_model_to_mafw_classes(official_fixture_dir, official_lists, clip_t
                                     rel=SAME_RTOL)
   card = json.loads((tmp_path / "run" / "model.json").read_text())
   assert card["model"]["num_classes"] == 11 and card["class_names"] == list(class_orders.DFERCLIP_11)
+
+
+# ----------------------------------------------------------------------------- the pieces, without a run
+
+
+def test_parse_reads_each_form_and_names_what_each_wrong_one_lacks(tmp_path):
+  """parse() -> (checkpoint, workdir) for the three forms; each wrong form fails with its own whole
+  sentence. A workdir needs both model.json and checkpoints/: one of them alone is not one."""
+  forms = ("an official .pth, a model directory (model.json + variables/), or a training workdir "
+           "with :best, :latest or :STEP")
+  run = tmp_path / "run"
+  (run / "checkpoints").mkdir(parents=True)
+  (run / "model.json").write_text("{}")
+  assert init_checkpoint.parse(f"{run}:best") == ("best", str(run))
+  assert init_checkpoint.parse(f"{run}:latest") == ("latest", str(run))
+  assert init_checkpoint.parse(f"{run}:120") == (120, str(run))
+  model_dir = tmp_path / "model"
+  model_dir.mkdir()
+  (model_dir / "model.json").write_text("{}")
+  assert init_checkpoint.parse(str(model_dir)) == (str(model_dir), None)
+  pth = tmp_path / "official.pth"
+  pth.write_bytes(b"")
+  assert init_checkpoint.parse(str(pth)) == (str(pth), None)
+  half = tmp_path / "half"  # checkpoints/ without model.json
+  (half / "checkpoints").mkdir(parents=True)
+  cases = {
+      f"{model_dir}:best": f"{model_dir} is not a training workdir (no model.json and checkpoints/)",
+      f"{half}:latest": f"{half} is not a training workdir (no model.json and checkpoints/)",
+      str(tmp_path / "missing"): f"no such file or directory (expected {forms})",
+      str(run): f"is a training workdir: say which checkpoint, {run}:best, {run}:latest or {run}:STEP",
+      str(tmp_path): f"a directory without model.json (expected {forms})",
+  }
+  (tmp_path / "notes.txt").write_text("x")
+  cases[str(tmp_path / "notes.txt")] = f"a file that is not an official .pth (expected {forms})"
+  for spec, message in cases.items():
+    with pytest.raises(config_checks.ConfigError) as e:
+      init_checkpoint.parse(spec)
+    sep = " " if message.startswith("is a") else ": "
+    assert str(e.value) == f"config.init_checkpoint={spec!r}{sep}{message}", spec
+  # ":bestx" names no checkpoint: it is read as a path, which does not exist.
+  with pytest.raises(config_checks.ConfigError, match="no such file or directory"):
+    init_checkpoint.parse(f"{run}:bestx")
+
+
+def _source(class_names, class_specific=True):
+  from types import SimpleNamespace
+  return init_checkpoint.Source(SimpleNamespace(class_specific=class_specific), {}, tuple(class_names),
+                                None, "a test checkpoint")
+
+
+def test_plan_classes_by_hand():
+  """Kept: clip, temporal (and generic contexts), then the known classes' contexts and prompt
+  tokens, in the config's order; new: the unknown classes'; dropped: the checkpoint's classes the
+  config lacks, in the checkpoint's order."""
+  plan = init_checkpoint.plan_classes(_source(["a", "b", "c", "d"]), ["c", "x", "a", "y"])
+  assert plan == init_checkpoint.ClassPlan(
+      kept=["clip", "temporal", "contexts of classes ['c', 'a']", "prompt tokens of classes ['c', 'a']"],
+      new=["contexts of classes ['x', 'y']", "prompt tokens of classes ['x', 'y']"],
+      dropped_classes=["b", "d"])
+  plan = init_checkpoint.plan_classes(_source(["a", "b"], class_specific=False), ["b", "z"])
+  assert plan == init_checkpoint.ClassPlan(
+      kept=["clip", "temporal", "generic contexts", "prompt tokens of classes ['b']"],
+      new=["prompt tokens of classes ['z']"], dropped_classes=["a"])
+  plan = init_checkpoint.plan_classes(_source(["a", "b"]), ["b", "a"])
+  assert plan.new == [] and plan.dropped_classes == []
+
+
+def test_unnamed_classes_follow_the_official_orders_or_the_config():
+  """7 and 11 classes are DFER-CLIP's orders whatever the config says; another count must equal
+  the config's, else a ConfigError says how to convert with names."""
+  from types import SimpleNamespace
+  config = SimpleNamespace(class_names=("p", "q", "r"))
+  assert init_checkpoint._unnamed_classes(7, config, "x.pth") == tuple(class_orders.DFERCLIP_7)
+  assert init_checkpoint._unnamed_classes(11, config, "x.pth") == tuple(class_orders.DFERCLIP_11)
+  assert init_checkpoint._unnamed_classes(3, config, "x.pth") == ("p", "q", "r")
+  with pytest.raises(config_checks.ConfigError) as e:
+    init_checkpoint._unnamed_classes(4, config, "x.pth")
+  assert str(e.value) == ("config.init_checkpoint='x.pth' records no class names and has 4 classes, the "
+                          "config 3: convert it with class names (python -m dferclip_jax.cli.convert_official "
+                          "--class_names=...)")
+
+
+def test_check_fits_compares_frames_both_ways():
+  from types import SimpleNamespace
+  model = SimpleNamespace(num_frames=8)
+  init_checkpoint.check_fits(model, SimpleNamespace(data=SimpleNamespace(num_frames=8)), "m")
+  for frames in (7, 9):
+    with pytest.raises(config_checks.ConfigError) as e:
+      init_checkpoint.check_fits(model, SimpleNamespace(data=SimpleNamespace(num_frames=frames)), "model m")
+    assert str(e.value) == (f"config.init_checkpoint: model m takes 8 frames per clip (its temporal position "
+                            f"embedding), but config.data.num_frames={frames}: set --config.data.num_frames=8")

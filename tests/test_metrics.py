@@ -140,3 +140,87 @@ def test_log_softmax_scores_keep_the_order_a_saturated_softmax_loses():
   known, unknown = metrics.log_softmax_scores([[0.0, 60.0]]), metrics.log_softmax_scores([[50.0, 0.0]])
   assert metrics.auroc(known.max(1), unknown.max(1)) == 100.0
   assert metrics.auroc(metrics.max_softmax([[0.0, 60.0]]), metrics.max_softmax([[50.0, 0.0]])) == 50.0
+
+
+# ----------------------------------------------------------------------------- HESP's figures by their definitions
+
+
+def hesp_auroc_by_pairs(known, unknown):
+  """HESP's AUROC by its definition, pair by pair: a known clip scored above an unknown one counts
+  1, a tie 0 (HESP's curve passes the known score first on a tie)."""
+  pairs = [(k > u) for k in np.ravel(known) for u in np.ravel(unknown)]
+  return 100.0 * sum(pairs) / len(pairs)
+
+
+def hesp_oscr_by_points(known_logits, unknown_logits, labels):
+  """HESP's OSCR as docs/openset.md describes it: scores sorted ascending (numpy's default sort, as
+  HESP's), one (FPR, CCR) point per cut k < n - 1 with the unknown clips counted from k on and the
+  correct known clips above k, the points (0, 0), (0, 0), (1, 1) added, trapezoids over the
+  points in descending order."""
+  known_logits, unknown_logits = np.asarray(known_logits), np.asarray(unknown_logits)
+  scores = np.concatenate([known_logits.max(1), unknown_logits.max(1)])
+  correct = list(known_logits.argmax(1) == np.asarray(labels)) + [False] * len(unknown_logits)
+  unknown = [False] * len(known_logits) + [True] * len(unknown_logits)
+  order = np.argsort(scores)
+  correct, unknown = [correct[i] for i in order], [unknown[i] for i in order]
+  n, n_known, n_unknown = len(scores), len(known_logits), len(unknown_logits)
+  points = [(sum(unknown[k:]) / n_unknown, sum(correct[k + 1:]) / n_known) for k in range(n - 1)]
+  points = sorted(points + [(0.0, 0.0), (0.0, 0.0), (1.0, 1.0)], reverse=True)
+  return 100.0 * sum((a[0] - b[0]) * (a[1] + b[1]) / 2 for a, b in zip(points, points[1:]))
+
+
+def test_hesp_auroc_and_oscr_equal_their_definitions_on_random_tied_scores():
+  """auroc_hesp / oscr_hesp equal their definitions, with ties, wrong predictions and uneven
+  known/unknown counts (1 known vs 1 unknown included). Both figures are multiples of
+  100 / (2 n_k n_u), >= 0.03 points for n <= 39, so a planted bug (a tie counted 1/2, a cut moved
+  by one position) is off by at least that; the tolerance is 1e-9 points."""
+  rng = np.random.default_rng(7)
+  cases = [(1, 1), (2, 1), (1, 3)] + [tuple(rng.integers(2, 40, 2)) for _ in range(12)]
+  for nk, nu in cases:
+    c = 3
+    known = np.round(rng.normal(0.8, 1.0, (nk, c)), 1)  # rounded: many known/unknown ties
+    unknown = np.round(rng.normal(0.0, 1.0, (nu, c)), 1)
+    labels = rng.integers(0, c, nk)
+    sk, su = known.max(1), unknown.max(1)
+    assert metrics.auroc_hesp(sk, su) == pytest.approx(hesp_auroc_by_pairs(sk, su), abs=1e-9)
+    assert metrics.oscr_hesp(known, unknown, labels) == pytest.approx(
+        hesp_oscr_by_points(known, unknown, labels), abs=1e-9)
+  # A 2-D [N, 1] score array is read as N scores, as auroc reads it.
+  assert metrics.auroc_hesp([[0.6], [0.7]], [[0.5], [0.65]]) == 75.0
+
+
+def test_hesp_metrics_check_their_inputs_as_the_exact_ones():
+  with pytest.raises(ValueError, match=r"^need at least one known and one unknown score \(got 2 known, 0 unknown\)$"):
+    metrics.auroc_hesp([0.1, 0.2], [])
+  with pytest.raises(ValueError, match=r"^open-set scores must be finite \(found NaN or inf\)$"):
+    metrics.auroc_hesp([0.1], [np.inf])
+  with pytest.raises(ValueError, match=r"^3 labels for 2 known clips$"):
+    metrics.oscr_hesp(np.zeros((2, 3)), np.zeros((1, 3)), [0, 1, 1])
+
+
+def test_error_messages_are_whole_sentences():
+  """Anchored: the message is exactly the sentence, nothing glued before or after it."""
+  with pytest.raises(ValueError, match=r"^a label is outside \[0, 2\): -1\.\.1$"):
+    metrics.confusion_matrix([-1, 1], [0, 0], 2)
+  with pytest.raises(ValueError, match=r"^3 class names for a 2-class confusion matrix$"):
+    metrics.classification_report(np.eye(2, dtype=np.int64), ["a", "b", "c"])
+  with pytest.raises(ValueError, match=r"^open-set scores must be finite \(found NaN or inf\)$"):
+    metrics.auroc([0.1], [np.nan])
+  with pytest.raises(ValueError, match=r"^3 labels for 2 known clips$"):
+    metrics.oscr(np.zeros((2, 3)), np.zeros((1, 3)), [0, 1, 1])
+  with pytest.raises(ValueError, match=r"^oscr takes \[N, C\] scores for known and unknown clips with the same C; "
+                     r"got \(2, 3\) and \(1, 2\)$"):
+    metrics.oscr(np.zeros((2, 3)), np.zeros((1, 2)), [0, 1])
+  with pytest.raises(ValueError, match=r"^need at least one known and one unknown score \(got 0 known, 2 unknown\)$"):
+    metrics.auroc([], [0.1, 0.2])
+
+
+def test_log_softmax_scores_take_any_leading_shape_with_classes_last():
+  """One clip's [C] row and a [B, N, C] stack give the log-probabilities of each row over its last
+  axis, by hand: log([1, 3, 4] / 8). (Planted: the class axis read as axis 1, which is the clip
+  axis of [B, N, C] and absent in [C].)"""
+  row = np.log([1.0, 3.0, 4.0])
+  np.testing.assert_allclose(metrics.log_softmax_scores(row), np.log([1 / 8, 3 / 8, 4 / 8]), rtol=1e-12)
+  stack = np.stack([np.stack([row, row[::-1]]), np.stack([row[[1, 0, 2]], row + 5.0])])  # [2, 2, 3]
+  expected = np.log(np.array([[[1, 3, 4], [4, 3, 1]], [[3, 1, 4], [1, 3, 4]]]) / 8)
+  np.testing.assert_allclose(metrics.log_softmax_scores(stack), expected, rtol=1e-12)

@@ -124,3 +124,47 @@ def test_global_norm():
   tree = {"a": jnp.array([3.0]), "b": {"c": jnp.array([4.0])}}
   assert float(optimizer.global_norm(tree)) == pytest.approx(5.0)
   assert float(optimizer.global_norm({})) == 0.0
+
+
+def test_group_errors_are_whole_sentences():
+  """Anchored: each message is exactly the sentence naming the field, nothing glued around it; and
+  'frozen', the name of the parameters in no group, cannot name a group."""
+  with pytest.raises(ValueError, match=r"^config\.optim\.groups: 'frozen' is reserved for parameters in no group$"):
+    optimizer.assign_groups(PARAMS, {"frozen": "clip/text_model/.*"})
+  with pytest.raises(ValueError, match=r"^parameter temporal/w matches several groups in config\.optim\.groups: "
+                     r"\['a', 'b'\]$"):
+    optimizer.assign_groups(PARAMS, {"a": "temporal/.*", "b": ".*/w"})
+  with pytest.raises(ValueError, match=r"^config\.optim\.groups: \['typo'\] match no parameter \(check the regexes\)$"):
+    optimizer.assign_groups(PARAMS, {**GROUPS, "typo": "temporl/.*"})
+  with pytest.raises(ValueError, match=r"^config\.optim\.groups\.a: bad regex '\(': missing \), unterminated "
+                     r"subpattern at position 0$"):
+    optimizer.assign_groups(PARAMS, {"a": "("})
+  config = optim_config()
+  config.name = "adam"
+  with pytest.raises(ValueError, match=r"^config\.optim\.name='adam': only 'sgd' \(the official recipe\) exists$"):
+    optimizer.make_optimizer(config, {("temporal", "w"): "temporal"}, 1)
+  config = optim_config()
+  config.lr = {"temporal": 1e-2}
+  with pytest.raises(ValueError, match=r"^config\.optim\.lr has no learning rate for group\(s\) "
+                     r"\['image_encoder', 'prompt_learner'\]$"):
+    optimizer.make_optimizer(config, {("temporal", "w"): "temporal", ("clip", "k"): "prompt_learner",
+                                      ("clip", "v"): "image_encoder"}, 1)
+
+
+def test_grouped_optimizer_assigns_then_optimizes_only_the_trainable_params():
+  """grouped_optimizer(params, config) = config.optim.groups' assignment, a transformation over the
+  trainable params alone (first step by hand: -lr * (g + wd * p)) and one schedule per group."""
+  assignment, tx, schedules = optimizer.grouped_optimizer(PARAMS, optim_config(milestones=(1,)), 2)
+  assert assignment == optimizer.assign_groups(PARAMS, GROUPS)
+  assert set(schedules) == set(LRS)
+  for group, fn in schedules.items():  # rtol 1e-6; planted: no drop at step 2 (x10)
+    np.testing.assert_allclose([fn(s) for s in (0, 1, 2)], np.array([1, 1, 0.1]) * LRS[group], rtol=1e-6)
+  trainable, _ = param_tree.split_params(PARAMS, assignment)
+  grads = jax.tree.map(lambda p: np.full_like(p, 0.5), trainable)
+  updates, _ = tx.update(grads, tx.init(trainable), trainable)
+  lr_of = {"temporal": LRS["temporal"], "clip": LRS["image_encoder"], "prompt_learner": LRS["prompt_learner"]}
+  flat = traverse_util.flatten_dict(updates)
+  assert flat.keys() == traverse_util.flatten_dict(trainable).keys()  # no frozen leaf in the update
+  for path, p in traverse_util.flatten_dict(trainable).items():
+    # rtol 1e-6; a wrong group's lr is off by 10x or more, a missing weight decay by 1e-4 * p / 0.5.
+    np.testing.assert_allclose(flat[path], -lr_of[path[0]] * (0.5 + 1e-4 * np.asarray(p)), rtol=1e-6)
