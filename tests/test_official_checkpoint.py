@@ -16,7 +16,9 @@ from dferclip_jax.models.dferclip import prompt_tokens
 from dferclip_jax.tokenizer import load_tokenizer
 
 torch = pytest.importorskip("torch")  # only to *write* test checkpoints; reading needs no torch
-PARITY_RTOL = 1e-4  # relative to the largest official logit
+# fp32 parity, relative to the largest official logit. Measured: 1.1e-6. Planted: LayerNorm eps
+# 1e-6 errs by 1.4e-2, CLIP's mean/std applied to the pixels by 9e-2.
+PARITY_RTOL = 1e-5
 
 
 def rel_err(a, b):

@@ -80,3 +80,28 @@ def test_a_full_disk_is_one_line_and_the_earlier_checkpoint_resumes(tmp_path, sm
   steps = [r["step"] for r in reporting.read_metrics(workdir) if "train/loss" in r]
   assert steps == list(range(1, 11))
   shutil.copy(workdir / "results.json", tmp_path / "results.json")  # readable after the umount
+
+
+def test_a_failed_save_folder_recreated_by_a_late_writer_is_removed_too(tmp_path):
+  """After a failed save, an Orbax writer thread still running (a loaded machine) can recreate the
+  save's folder just after close() removed it: close() removes it until it stays gone."""
+  import threading
+  from dferclip_jax.train import checkpointing
+  manager = checkpointing.Checkpointer(tmp_path, "eval/uar", asynchronous=False)
+  manager._failed = True  # as _storage_errors leaves it
+  unfinished = tmp_path / "5.orbax-checkpoint-tmp-1"
+  (unfinished / "d").mkdir(parents=True)
+
+  def late_writer():
+    while unfinished.exists():
+      time.sleep(0.01)
+    time.sleep(0.2)  # after the first removal
+    (unfinished / "d").mkdir(parents=True)
+    (unfinished / "d" / "chunk").write_bytes(b"\0" * 100)
+
+  writer = threading.Thread(target=late_writer)
+  writer.start()
+  started = time.monotonic()
+  manager.close()
+  writer.join()
+  assert not unfinished.exists() and time.monotonic() - started < 10

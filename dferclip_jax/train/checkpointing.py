@@ -12,6 +12,7 @@ import contextlib
 import errno as errno_lib
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -175,6 +176,24 @@ class Checkpointer:
       error.errno = code
       raise error from None
 
+  def _remove_unfinished_until_quiet(self, timeout_s: float = 10.0, quiet_s: float = 0.5) -> None:
+    """Removes the failed save's folder until none comes back for ``quiet_s``: an Orbax writer
+    thread still running (a loaded machine) can recreate it just after a single removal."""
+    deadline, quiet_since = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+      try:
+        removed = remove_unfinished_saves(self.directory, ignore_errors=True)
+      except OSError:  # a writer added a file while the tree was being removed: again
+        removed = True
+      now = time.monotonic()
+      if removed:
+        quiet_since = None
+      elif quiet_since is None:
+        quiet_since = now
+      elif now - quiet_since >= quiet_s:
+        return
+      time.sleep(0.05)
+
   def _finished_steps(self) -> list[int]:
     return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
 
@@ -258,7 +277,7 @@ class Checkpointer:
     if self._failed:
       # Reported already. Closing the manager would wait on writes that keep failing, each with
       # a traceback: the process ends (main.py) with the earlier checkpoints intact instead.
-      remove_unfinished_saves(self.directory, ignore_errors=True)
+      self._remove_unfinished_until_quiet()
       return
     self.wait()
     self.manager.close()
