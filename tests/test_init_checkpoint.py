@@ -3,6 +3,7 @@ checkpoint — the first logged loss is the loaded model's loss on the first bat
 keeps what does not depend on it, and six steps through main.py follow the official training code.
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,10 +14,12 @@ import pytest
 from flax import traverse_util
 
 from conftest import REPO
-from configs import dfew, mafw
+from configs import demo, dfew, mafw
 from dferclip_jax import export, official
 from dferclip_jax.data import class_orders
-from dferclip_jax.models.dferclip import model_from_kwargs, model_kwargs, prompt_tokens
+from dferclip_jax.models import clip_config as clip_config_lib, param_tree
+from dferclip_jax.models.clip import CLIP, init_clip_params
+from dferclip_jax.models.dferclip import build_dferclip, model_from_kwargs, model_kwargs, prompt_tokens
 from dferclip_jax.tokenizer import load_tokenizer
 from dferclip_jax.train import checkpointing, config_checks, data_setup, init_checkpoint, reporting, trainer
 import test_train
@@ -353,3 +356,339 @@ def test_check_fits_compares_frames_both_ways():
       init_checkpoint.check_fits(model, SimpleNamespace(data=SimpleNamespace(num_frames=frames)), "model m")
     assert str(e.value) == (f"config.init_checkpoint: model m takes 8 frames per clip (its temporal position "
                             f"embedding), but config.data.num_frames={frames}: set --config.data.num_frames=8")
+
+
+# ----------------------------------------------------------------------------- adapting, loading, building a tiny model
+
+# CLIP's BPE ids (shared/clip-tokenizer) of the texts below, looked up by hand in its vocab.json:
+# "<|startoftext|>" 49406, "<|endoftext|>" 49407, "X" 343, "." 269.
+SOT, EOT, X = 49406, 49407, 343
+OLD_NAMES = ("anger", "boredom", "calm", "doubt")
+OLD_TEXTS = ["an angry face.", "bored.", "a calm and relaxed face.", "doubt."]
+OLD_TOKENS = [[550, 9054, 1710, 269], [8933, 269], [320, 7011, 537, 18999, 1710, 269], [8671, 269]]
+WORRY_TEXT = "a worried face with raised eyebrows and a tense open mouth."
+WORRY_TOKENS = [320, 11911, 1710, 593, 6027, 19923, 537, 320, 23518, 1488, 4932, 269]  # 12 tokens
+YAWN_TEXT, YAWN_TOKENS = "yawning.", [31989, 762, 269]
+
+
+def prompt_row(tokens, n_ctx=4, length=77):
+  """The official prompt "X X X X <text>" of a text's BPE ids, as CLIP tokenizes it."""
+  row = [SOT] + [X] * n_ctx + list(tokens) + [EOT]
+  return row + [0] * (length - len(row))
+
+
+def build_tiny(tokenizer_dir, class_specific, seed):
+  """A 4-class DFER-CLIP over a 1-layer CLIP with CLIP's whole vocabulary (random weights, no
+  training), its variables, and a Source holding them."""
+  clip_config = clip_config_lib.tiny(layers=1)
+  clip_params = jax.tree.map(np.asarray, init_clip_params(CLIP(clip_config), jax.random.PRNGKey(seed)))
+  model, variables = build_dferclip(
+      clip_config, clip_params, OLD_TEXTS, load_tokenizer(tokenizer_dir), rng=jax.random.PRNGKey(seed + 1),
+      n_ctx=4, class_specific=class_specific, class_token_position="end", temporal_layers=1,
+      temporal_heads=2, temporal_dim_head=16, temporal_mlp_dim=64, num_frames=4)
+  source = init_checkpoint.Source(model, variables, OLD_NAMES, list(OLD_TEXTS), "a tiny test model")
+  return model, variables, source
+
+
+@pytest.fixture(scope="module")
+def tiny(clip_tokenizer_dir):
+  """Class-specific, built once for the module."""
+  return build_tiny(clip_tokenizer_dir, True, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_generic(clip_tokenizer_dir):
+  return build_tiny(clip_tokenizer_dir, False, 10)
+
+
+def init_config(tmp_path, names, texts, tokenizer="", clip="", spec=""):
+  """The demo config with the given classes, their texts (a texts file) and tokenizer."""
+  config = demo.get_config()
+  config.class_names = tuple(names)
+  texts_file = tmp_path / f"texts_{len(list(tmp_path.iterdir()))}.txt"
+  texts_file.write_text("".join(f"{t}\n" for t in texts))
+  config.model.class_texts_file = str(texts_file)
+  config.model.tokenizer = str(tokenizer)
+  config.model.clip = str(clip)
+  config.data.num_frames = 4
+  config.init_checkpoint = str(spec)
+  return config
+
+
+def assert_same_tree(got, expected):
+  """The same keys and every leaf equal (values and dtypes)."""
+  got, expected = flat(got), flat(expected)
+  assert got.keys() == expected.keys()
+  for key, value in expected.items():
+    assert got[key].dtype == value.dtype, key
+    np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+def test_adapt_to_classes_moves_known_rows_by_name_and_tokenizes_new_ones(tmp_path, tiny, clip_tokenizer_dir):
+  """Checkpoint [anger, boredom, calm, doubt] to config [calm, worry, anger, yawn, doubt]: boredom is
+  dropped; calm, anger and doubt keep their contexts, prompt ids and name lengths (rows 2, 0, 3 of the
+  checkpoint's) at rows 0, 2, 4; worry and yawn get CLIP's tokens of their texts and fresh contexts
+  (normal, std 0.02, drawn from the rng); CLIP and the temporal model are kept whole; the model has 5
+  classes and a text length of 24 (worry's prompt: 1 + 4 + 12 + 1 = 18 tokens, up to a multiple of 8)."""
+  model, variables, source = tiny
+  assert model.text_length == 16  # calm's prompt: 1 + 4 + 6 + 1 = 12 tokens
+  names = ["calm", "worry", "anger", "yawn", "doubt"]
+  texts = [OLD_TEXTS[2], WORRY_TEXT, OLD_TEXTS[0], YAWN_TEXT, OLD_TEXTS[3]]
+  config = init_config(tmp_path, names, texts, tokenizer=clip_tokenizer_dir)
+  got_model, got, got_texts = init_checkpoint.adapt_to_classes(source, config, jax.random.PRNGKey(7))
+
+  assert model_kwargs(got_model) == {**model_kwargs(model), "num_classes": 5, "text_length": 24}
+  assert got_texts == texts
+  old_ctx = variables["params"]["prompt_learner"]["ctx"]
+  ctx = got["params"]["prompt_learner"]["ctx"]
+  assert ctx.shape == (5, 4, 32) and ctx.dtype == np.float32
+  for row, old_row in ((0, 2), (2, 0), (4, 3)):
+    np.testing.assert_array_equal(ctx[row], old_ctx[old_row])
+  fresh = ctx[[1, 3]]
+  assert 0.015 < fresh.std() < 0.025 and abs(fresh.mean()) < 0.005
+  assert not any(np.isclose(fresh[i], old_ctx[j]).any() for i in range(2) for j in range(4))
+  assert not np.array_equal(fresh[0], fresh[1])
+  expected = {
+      "params": {"clip": variables["params"]["clip"], "temporal": variables["params"]["temporal"],
+                 "prompt_learner": {"ctx": ctx}},
+      "prompts": {"ids": np.array([prompt_row(OLD_TOKENS[2]), prompt_row(WORRY_TOKENS), prompt_row(OLD_TOKENS[0]),
+                                   prompt_row(YAWN_TOKENS), prompt_row(OLD_TOKENS[3])], np.int32),
+                  "name_lens": np.array([6, 12, 4, 3, 2], np.int32)},
+  }
+  assert_same_tree(got, expected)
+  # The fresh contexts come from the rng: the same key draws them again, another draws others.
+  _, again, _ = init_checkpoint.adapt_to_classes(source, config, jax.random.PRNGKey(7))
+  np.testing.assert_array_equal(again["params"]["prompt_learner"]["ctx"], ctx)
+  _, other, _ = init_checkpoint.adapt_to_classes(source, config, jax.random.PRNGKey(8))
+  other_ctx = other["params"]["prompt_learner"]["ctx"]
+  np.testing.assert_array_equal(other_ctx[[0, 2, 4]], ctx[[0, 2, 4]])
+  assert not np.isclose(other_ctx[[1, 3]], fresh).any()
+
+
+def test_adapt_to_classes_keeps_generic_contexts_whole_and_reorders_prompts(tmp_path, tiny_generic):
+  """Generic contexts: config [doubt, boredom] of checkpoint [anger, boredom, calm, doubt] keeps the
+  one shared context as it is and takes prompt rows 3, 1; no new class, so no tokenizer is read
+  (none is set); the text length shrinks to 8 (1 + 4 + 2 + 1 tokens)."""
+  model, variables, source = tiny_generic
+  config = init_config(tmp_path, ["doubt", "boredom"], ["unused.", "unused."])
+  got_model, got, got_texts = init_checkpoint.adapt_to_classes(source, config, jax.random.PRNGKey(0))
+  assert model_kwargs(got_model) == {**model_kwargs(model), "num_classes": 2, "text_length": 8}
+  assert got_texts == [OLD_TEXTS[3], OLD_TEXTS[1]]
+  expected = {"params": variables["params"],
+              "prompts": {"ids": np.array([prompt_row(OLD_TOKENS[3]), prompt_row(OLD_TOKENS[1])], np.int32),
+                          "name_lens": np.array([2, 2], np.int32)}}
+  assert_same_tree(got, expected)
+  assert got["params"]["prompt_learner"]["ctx"].shape == (4, 32)
+
+
+def test_adapt_to_classes_same_classes_return_the_source_and_unknown_texts_stay_unknown(
+    tmp_path, tiny, clip_tokenizer_dir):
+  """The checkpoint's own classes in its order: its model, variables and texts, untouched. A
+  checkpoint without texts (a .pth) gives texts None once any class comes from it, even beside a
+  new class whose text the config gives."""
+  model, variables, source = tiny
+  config = init_config(tmp_path, OLD_NAMES, ["w.", "x.", "y.", "z."])
+  got_model, got, got_texts = init_checkpoint.adapt_to_classes(source, config, jax.random.PRNGKey(0))
+  assert got_model is model and got is variables and got_texts is source.class_texts
+  textless = dataclasses.replace(source, class_texts=None)
+  config = init_config(tmp_path, ["boredom", "yawn"], ["bored.", YAWN_TEXT], tokenizer=clip_tokenizer_dir)
+  got_model, got, got_texts = init_checkpoint.adapt_to_classes(textless, config, jax.random.PRNGKey(0))
+  assert got_texts is None
+  assert model_kwargs(got_model) == {**model_kwargs(model), "num_classes": 2, "text_length": 16}
+  np.testing.assert_array_equal(got["prompts"]["ids"], np.array([prompt_row(OLD_TOKENS[1]),
+                                                                 prompt_row(YAWN_TOKENS)], np.int32))
+  np.testing.assert_array_equal(got["prompts"]["name_lens"], np.array([2, 3], np.int32))
+  np.testing.assert_array_equal(got["params"]["prompt_learner"]["ctx"][0],
+                                variables["params"]["prompt_learner"]["ctx"][1])
+  config = init_config(tmp_path, ["calm", "anger"], ["c.", "a."])
+  assert init_checkpoint.adapt_to_classes(textless, config, jax.random.PRNGKey(0))[2] is None
+
+
+def test_adapt_to_classes_names_the_adapted_tree_that_does_not_fit_the_model(tmp_path, tiny_generic):
+  """Variables the checkpoint's model has no place for (here one extra leaf) are a
+  CheckpointMismatchError naming the adaptation and the leaf, not a silently larger tree."""
+  _, variables, source = tiny_generic
+  odd = dataclasses.replace(source, variables={**variables, "params": {**variables["params"],
+                                                                        "extra": {"w": np.zeros(3)}}})
+  config = init_config(tmp_path, ["doubt", "boredom"], ["d.", "b."])
+  with pytest.raises(param_tree.CheckpointMismatchError) as e:
+    init_checkpoint.adapt_to_classes(odd, config, jax.random.PRNGKey(0))
+  assert str(e.value) == ("config.init_checkpoint adapted to 2 classes: the parameters do not fit the "
+                          "architecture\n  unexpected (1): params/extra/w")
+
+
+def test_tokens_for_new_classes_use_the_tokenizer_else_clip_and_fit_the_vocabulary(tmp_path, tiny,
+                                                                                   clip_tokenizer_dir):
+  """New classes' prompts are CLIP's tokens of their texts, with config.model.tokenizer, else
+  config.model.clip's tokenizer; no tokenizer, one that cannot be read, a text too long for the
+  context, or an id outside the checkpoint's vocabulary are each a ConfigError saying so."""
+  model, _, _ = tiny
+  tokens = init_checkpoint._tokens_for_new_classes
+  expected_ids = np.array([prompt_row(WORRY_TOKENS), prompt_row(YAWN_TOKENS)], np.int32)
+  for tokenizer, clip in ((clip_tokenizer_dir, "no/such/clip"), ("", clip_tokenizer_dir)):
+    config = init_config(tmp_path, ["w"], ["w."], tokenizer=tokenizer, clip=clip)
+    ids, name_lens = tokens(model, config, [WORRY_TEXT, YAWN_TEXT])
+    assert ids.dtype == np.int32 and name_lens.dtype == np.int32
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_array_equal(name_lens, [12, 3])
+
+  with pytest.raises(config_checks.ConfigError) as e:
+    tokens(model, init_config(tmp_path, ["w"], ["w."]), [YAWN_TEXT])
+  assert str(e.value) == ("config.init_checkpoint: new classes need the tokenizer of the checkpoint's CLIP "
+                          "for their prompts: set config.model.tokenizer (a directory with vocab.json + "
+                          "merges.txt)")
+  empty = tmp_path / "empty_tokenizer"
+  empty.mkdir()
+  with pytest.raises(config_checks.ConfigError) as e:
+    tokens(model, init_config(tmp_path, ["w"], ["w."], tokenizer=empty), [YAWN_TEXT])
+  assert str(e.value) == (f"config.init_checkpoint: cannot tokenize the new classes' texts with the tokenizer "
+                          f"{str(empty)!r} (config.model.tokenizer, else config.model.clip): {empty}: a CLIP "
+                          f"tokenizer directory needs vocab.json, merges.txt")
+  with pytest.raises(config_checks.ConfigError) as e:
+    tokens(model, init_config(tmp_path, ["w"], ["w."], tokenizer=clip_tokenizer_dir), [" ".join(["yes"] * 80)])
+  assert str(e.value).startswith(f"config.init_checkpoint: cannot tokenize the new classes' texts with the "
+                                 f"tokenizer {str(clip_tokenizer_dir)!r} (config.model.tokenizer, else "
+                                 f"config.model.clip): text 0 is 86 tokens long, more than the context of 77")
+  # <|endoftext|> (49407) ends every prompt: a vocabulary of 49407 lacks it, one of 49408 holds it.
+  config = init_config(tmp_path, ["w"], ["w."], tokenizer=clip_tokenizer_dir)
+  small = model.clone(clip_config=clip_config_lib.tiny(layers=1, vocab_size=49407))
+  with pytest.raises(config_checks.ConfigError) as e:
+    tokens(small, config, [YAWN_TEXT])
+  assert str(e.value) == (f"config.init_checkpoint: the tokenizer {str(clip_tokenizer_dir)!r} gives id 49407, "
+                          f"outside the checkpoint's vocabulary of 49407: set config.model.tokenizer to the "
+                          f"checkpoint's own")
+  assert model.clip_config.text_config.vocab_size == 49408
+  np.testing.assert_array_equal(tokens(model, config, [YAWN_TEXT])[0], [prompt_row(YAWN_TOKENS)])
+
+
+def test_load_source_reads_each_form_to_the_variables_written(tmp_path, tiny, official_fixture_dir):
+  """A model directory, a workdir's checkpoint and an official .pth each load to the model and
+  variables they hold, with the class names and texts their model.json records (none for a .pth:
+  DFER-CLIP's 7-class order; texts None), described by where they came from; config.dtype and
+  config.remat reach the model."""
+  model, variables, _ = tiny
+  names, texts = list(OLD_NAMES), list(OLD_TEXTS)
+  config = init_config(tmp_path, names, texts)
+
+  export.save_model(tmp_path / "model", model, variables, class_names=names, class_texts=texts)
+  config.init_checkpoint = str(tmp_path / "model")
+  source = init_checkpoint.load_source(config)
+  assert model_kwargs(source.model) == model_kwargs(model)
+  assert_same_tree(source.variables, variables)
+  assert (source.class_names, source.class_texts, source.description) == (
+      OLD_NAMES, texts, str(tmp_path / "model"))
+  # Without recorded names and texts: the config's names (4 classes, not an official count), no texts.
+  export.save_model(tmp_path / "bare", model, variables)
+  config.init_checkpoint = str(tmp_path / "bare")
+  config.class_names = ("p", "q", "r", "s")
+  config.dtype, config.remat = "bfloat16", True
+  source = init_checkpoint.load_source(config)
+  assert model_kwargs(source.model) == {**model_kwargs(model), "dtype": "bfloat16", "remat": True}
+  assert (source.class_names, source.class_texts) == (("p", "q", "r", "s"), None)
+  assert_same_tree(source.variables, variables)
+
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "model.json").write_text(json.dumps({
+      "format": export.FORMAT, "model": model_kwargs(model), "class_names": names, "class_texts": texts}))
+  manager = checkpointing.Checkpointer(workdir / "checkpoints", "eval/uar", asynchronous=False)
+  params = variables["params"]
+  state = {"params": {"temporal": params["temporal"], "prompt_learner": params["prompt_learner"]},
+           "frozen": {"clip": params["clip"]}, "prompts": variables["prompts"], "step": np.int32(3)}
+  manager.save(3, state, {"best": None})
+  manager.close()
+  config = init_config(tmp_path, ["x"], ["x."], spec=f"{workdir}:latest")
+  for spec, which in ((f"{workdir}:latest", "latest"), (f"{workdir}:3", "3")):
+    config.init_checkpoint = spec
+    source = init_checkpoint.load_source(config)
+    assert model_kwargs(source.model) == model_kwargs(model)
+    assert_same_tree(source.variables, variables)
+    assert (source.class_names, source.class_texts, source.description) == (
+        OLD_NAMES, texts, f"{workdir} step 3 ({which})")
+
+  pth = official_fixture_dir / "official.pth"
+  official_model, official_variables = official.load_checkpoint(pth)
+  config.init_checkpoint = str(pth)
+  source = init_checkpoint.load_source(config)
+  assert model_kwargs(source.model) == model_kwargs(official_model)
+  assert_same_tree(source.variables, official_variables)
+  assert (source.class_names, source.class_texts, source.description) == (
+      tuple(class_orders.DFERCLIP_7), None, f"official {pth}")
+
+
+def test_build_model_adapts_the_checkpoint_to_the_config_and_logs_what_it_keeps(tmp_path, tiny, tiny_generic,
+                                                                                caplog, clip_tokenizer_dir):
+  """From a model directory to config [doubt, yawn, anger]: the bundle holds the adapted model and
+  variables, the config's class names and the texts (the checkpoint's, the config's for yawn); the
+  log states the source and the plan in whole lines (generic contexts named so); a checkpoint
+  without texts gives texts []; frames the model does not take fail before anything is adapted."""
+  model, variables, _ = tiny
+  export.save_model(tmp_path / "model", model, variables, class_names=OLD_NAMES, class_texts=OLD_TEXTS)
+  names = ("doubt", "yawn", "anger")
+  config = init_config(tmp_path, names, ["d.", YAWN_TEXT, "a."], tokenizer=clip_tokenizer_dir,
+                       spec=tmp_path / "model")
+  caplog.set_level("INFO")
+  bundle = init_checkpoint.build_model(config, jax.random.PRNGKey(1))
+  assert bundle.class_names == names and bundle.class_texts == [OLD_TEXTS[3], YAWN_TEXT, OLD_TEXTS[0]]
+  assert model_kwargs(bundle.model) == {**model_kwargs(model), "num_classes": 3, "text_length": 16}
+  got = bundle.variables
+  assert_same_tree(got["params"]["clip"], variables["params"]["clip"])
+  assert_same_tree(got["params"]["temporal"], variables["params"]["temporal"])
+  ctx, old_ctx = got["params"]["prompt_learner"]["ctx"], variables["params"]["prompt_learner"]["ctx"]
+  np.testing.assert_array_equal(ctx[[0, 2]], old_ctx[[3, 0]])
+  assert not np.isclose(ctx[1], old_ctx).any() and 0.01 < ctx[1].std() < 0.03
+  np.testing.assert_array_equal(got["prompts"]["ids"], np.array(
+      [prompt_row(OLD_TOKENS[3]), prompt_row(YAWN_TOKENS), prompt_row(OLD_TOKENS[0])], np.int32))
+  np.testing.assert_array_equal(got["prompts"]["name_lens"], np.array([2, 3, 4], np.int32))
+  # The same rng draws the same fresh contexts.
+  np.testing.assert_array_equal(init_checkpoint.build_model(config, jax.random.PRNGKey(1)).variables[
+      "params"]["prompt_learner"]["ctx"], ctx)
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("config.init_checkpoint")]
+  assert lines[:4] == [
+      f"config.init_checkpoint={tmp_path / 'model'}: starting from {tmp_path / 'model'} (4 classes, image 32, "
+      f"patch 8, 1 temporal layer(s), n_ctx 4 class-specific, position end); config.model's CLIP, "
+      f"architecture and text options are not read",
+      "config.init_checkpoint: kept from the checkpoint: clip, temporal, contexts of classes ['doubt', "
+      "'anger'], prompt tokens of classes ['doubt', 'anger']",
+      "config.init_checkpoint: new (initialised from the config's class texts): contexts of classes "
+      "['yawn'], prompt tokens of classes ['yawn']",
+      "config.init_checkpoint: classes of the checkpoint not in the config (dropped): ['boredom', 'calm']",
+  ]
+
+  # The checkpoint's classes reordered, no texts recorded: nothing new, nothing dropped, texts [].
+  export.save_model(tmp_path / "bare", model, variables, class_names=OLD_NAMES)
+  names = ("doubt", "calm", "boredom", "anger")
+  config = init_config(tmp_path, names, ["d.", "c.", "b.", "a."], spec=tmp_path / "bare")
+  caplog.clear()
+  bundle = init_checkpoint.build_model(config, jax.random.PRNGKey(1))
+  assert bundle.class_names == names and bundle.class_texts == []
+  np.testing.assert_array_equal(bundle.variables["params"]["prompt_learner"]["ctx"], old_ctx[[3, 2, 1, 0]])
+  np.testing.assert_array_equal(bundle.variables["prompts"]["ids"], variables["prompts"]["ids"][[3, 2, 1, 0]])
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("config.init_checkpoint")]
+  assert lines[1:] == [
+      "config.init_checkpoint: kept from the checkpoint: clip, temporal, contexts of classes ['doubt', "
+      "'calm', 'boredom', 'anger'], prompt tokens of classes ['doubt', 'calm', 'boredom', 'anger']",
+      "config.init_checkpoint: new (initialised from the config's class texts): nothing",
+  ]
+
+  config.data.num_frames = 8
+  with pytest.raises(config_checks.ConfigError, match=r"takes 4 frames per clip .* config.data.num_frames=8"):
+    init_checkpoint.build_model(config, jax.random.PRNGKey(1))
+
+  # Generic contexts: the log says so, and they are kept whole.
+  generic_model, generic_variables, _ = tiny_generic
+  export.save_model(tmp_path / "generic", generic_model, generic_variables, class_names=OLD_NAMES)
+  config = init_config(tmp_path, ["calm", "anger"], ["c.", "a."], spec=tmp_path / "generic")
+  caplog.clear()
+  bundle = init_checkpoint.build_model(config, jax.random.PRNGKey(1))
+  assert_same_tree(bundle.variables["params"], generic_variables["params"])
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("config.init_checkpoint")]
+  assert lines == [
+      f"config.init_checkpoint={tmp_path / 'generic'}: starting from {tmp_path / 'generic'} (4 classes, "
+      f"image 32, patch 8, 1 temporal layer(s), n_ctx 4 generic, position end); config.model's CLIP, "
+      f"architecture and text options are not read",
+      "config.init_checkpoint: kept from the checkpoint: clip, temporal, generic contexts, prompt tokens of "
+      "classes ['calm', 'anger']",
+      "config.init_checkpoint: new (initialised from the config's class texts): nothing",
+      "config.init_checkpoint: classes of the checkpoint not in the config (dropped): ['boredom', 'doubt']",
+  ]
