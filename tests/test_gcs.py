@@ -122,6 +122,9 @@ def test_the_run_is_in_the_bucket_and_equals_the_local_run(emulator, bucket_run,
     for key in ("uar", "war", "step"):
       assert got[which][key] == pytest.approx(want[which][key], rel=1e-6, abs=1e-6)
   assert got["final"]["loss"] == pytest.approx(want["final"]["loss"], rel=1e-6)
+  # Two workdirs on the same data (generated under two different folders): one data fingerprint.
+  assert got["data_fingerprint"]["splits"] == want["data_fingerprint"]["splits"]
+  assert got["data_fingerprint"]["splits"]["train"]["clips"] == got["num_clips"]["train"]
   local = [json.loads(l) for l in (local_reference / "metrics.jsonl").read_text().splitlines()]
   remote = records(read_object(emulator, "run/metrics.jsonl"))
   assert [r["step"] for r in remote] == [r["step"] for r in local]  # every step once

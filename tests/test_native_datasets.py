@@ -392,6 +392,15 @@ def test_prepare_command_end_to_end(tmp_path):
   assert (first["source"], first["line"], first["kind"]) == (
       os.path.join("EmoLabel_DataSplit", "train(single-labeled)", "set_1.csv"), 14, "missing")
   assert "00016: empty" in (out / "report.txt").read_text()
+  # The data fingerprint, printed and in the report: what a run on these lists will record.
+  from dferclip_jax.data import fingerprint, sources
+  from dferclip_jax.data.annotations import read_annotation_list
+  assert "data fingerprint" in result.stdout
+  records, _ = read_annotation_list(out / "set_1_train.txt", 7, root=root)
+  source = sources.FolderSource(records)
+  printed = report["folds"][0]["train"]["fingerprint"]
+  assert printed == fingerprint.split_fingerprint(source.records, source.frame_names, str(root))
+  assert printed["clips"] == 12 and printed["list_sha256"][:16] in result.stdout
   # The lists resolve under the root: the config's data.root=<root> is all training needs.
   for line in (out / "set_3_test.txt").read_text().splitlines():
     path, frames, _ = line.split(" ")

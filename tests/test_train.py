@@ -75,6 +75,31 @@ def test_writes_metrics_events_plots_and_checkpoints(trained):
   assert summary["steps"] in steps and summary["best"]["step"] in steps
 
 
+def test_results_record_the_data_fingerprint(trained):
+  """results.json's data fingerprint: the clip and frame counts and the list hash by hand from
+  the synthetic lists (ids relative to their root), the commit, the config's hash."""
+  import hashlib
+  import os
+  import re
+  from conftest import REPO
+  config, workdir, summary = trained
+  recorded = json.loads((workdir / "results.json").read_text())["data_fingerprint"]
+  root = config.data.synthetic.dir
+  for split in ("train", "test"):
+    rows = []
+    for line in open(os.path.join(root, f"{split}.txt")).read().splitlines():
+      path, count, label = line.split()
+      rows.append((os.path.relpath(os.path.join(root, path), root), int(count), int(label)))
+    lines = "".join(f"{c}\t{n}\t{k}\n" for c, n, k in sorted(rows))
+    got = recorded["splits"][split]
+    assert (got["clips"], got["frames"]) == (summary["num_clips"][split], sum(r[1] for r in rows))
+    assert got["list_sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+  assert set(recorded["splits"]) == {"train", "test"}
+  assert re.fullmatch(r"[0-9a-f]{64}", recorded["config_sha256"])
+  if (REPO / ".git").exists():
+    assert re.fullmatch(r"[0-9a-f]{40}(\+changes)?", recorded["commit"])
+
+
 def test_params_really_shard_over_fsdp(trained):
   config, workdir, _ = trained
   mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)

@@ -20,6 +20,7 @@ A root that is not the expected layout exits with status 1 and says what was exp
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ from absl import flags
 
 from dferclip_jax.data import class_orders
 from dferclip_jax.data import datasets
+from dferclip_jax.data import fingerprint as fingerprint_lib
 from dferclip_jax.data import native
 from dferclip_jax.data import textfiles
 from dferclip_jax.data.annotations import format_list  # noqa: F401 -- also this module's API
@@ -93,6 +95,7 @@ def prepare(dataset: str, root: str, out: str, fold_ids: Sequence[int | None], *
           "frames_max": max((r.num_frames for r in records), default=0),
           "per_class": {name: per_class[i] for i, name in enumerate(names)},
           "problems": dict(collections.Counter(p.kind for p in splits.problems if p.split == split)),
+          "fingerprint": _fingerprint(records, names_cache, root),
       }
     report["folds"].append(entry)
     for p in splits.problems:
@@ -104,6 +107,14 @@ def prepare(dataset: str, root: str, out: str, fold_ids: Sequence[int | None], *
   textfiles.write_atomic(os.path.join(out, "report.json"), json.dumps(report, indent=2) + "\n")
   textfiles.write_atomic(os.path.join(out, "report.txt"), format_report(report) + "\n")
   return report
+
+
+def _fingerprint(records, names_cache, root: str) -> dict:
+  """The split's data fingerprint (data/fingerprint.py), ids relative to ``root``: a run trained
+  with ``--config.data.root=ROOT`` on these lists records the same one in its results.json."""
+  absolute = [dataclasses.replace(r, path=os.path.join(root, r.path)) for r in records]
+  names = {a.path: names_cache[r.path] for r, a in zip(records, absolute)}
+  return fingerprint_lib.split_fingerprint(absolute, names, root)
 
 
 def format_report(report: dict, max_problems: int | None = None) -> str:
@@ -118,6 +129,9 @@ def format_report(report: dict, max_problems: int | None = None) -> str:
       frames = f"{s['frames_min']}-{s['frames_max']} frames"
       parts.append(f"{split} {s['clips']} clips ({frames}; {left_out})")
     lines.append(f"{name}: " + "; ".join(parts))
+    lines.append("  data fingerprint (results.json records the same for a run on these lists):")
+    lines.append(fingerprint_lib.format_fingerprint({split: entry[split]["fingerprint"]
+                                                     for split in ("train", "test")}))
   problems = report["problems"]
   if problems:
     shown = problems if max_problems is None else problems[:max_problems]

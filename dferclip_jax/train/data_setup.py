@@ -22,6 +22,7 @@ from absl import logging
 
 from dferclip_jax import distributed, storage
 from dferclip_jax.data import annotations, datasets, holdout, pipeline, sources
+from dferclip_jax.data import fingerprint as fingerprint_lib
 from dferclip_jax.train import config_checks
 from dferclip_jax.train.config_checks import ConfigError
 
@@ -42,6 +43,20 @@ class DataBundle:
   on_bad_clip: str = "error"
   # split -> {example index: why it was skipped}, filled by the pipeline in "skip" mode.
   read_skipped: dict = dataclasses.field(default_factory=lambda: {"train": {}, "test": {}, "val": {}})
+  id_base: str = ""  # what clip ids are relative to (data/fingerprint.py)
+
+  def fingerprint(self) -> dict:
+    """Per split (train, val, test): what ``data/fingerprint.py`` records. A TFDS source gives
+    its clip count only (its examples are not frame folders)."""
+    out = {}
+    for split, source in (("train", self.train_source), ("val", self.val_source), ("test", self.test_source)):
+      if source is None:
+        continue
+      if isinstance(source, sources.FolderSource):
+        out[split] = fingerprint_lib.split_fingerprint(source.records, source.frame_names, self.id_base)
+      else:
+        out[split] = {"clips": len(source)}
+    return out
 
   @property
   def num_val(self) -> int:
@@ -153,8 +168,10 @@ def open_data(config, workdir: str | Path, train: bool = True) -> DataBundle:
                    "chosen on them", len(val), train_list, d.val_fraction)
   num_train, num_val = len(train or ()), len(val or ())
   logging.info("data: %d training, %d validation, %d test clips", num_train, num_val, len(test))
+  base = "" if d.source == "tfds" else fingerprint_lib.id_base(
+      [*(train.records if train else ()), *(val.records if val else ()), *test.records], root)
   return DataBundle(train, test, num_train, len(test), d.augmentation, d.num_frames, config.seed,
-                    skipped, val_source=val, on_bad_clip=d.on_bad_clip)
+                    skipped, val_source=val, on_bad_clip=d.on_bad_clip, id_base=base)
 
 
 def list_files(config, workdir: Path) -> tuple[str, str, str | None]:

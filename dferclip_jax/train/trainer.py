@@ -21,6 +21,7 @@ from absl import logging
 
 from dferclip_jax import distributed, evaluation, inference, metrics as metrics_lib
 from dferclip_jax import plots, storage
+from dferclip_jax.data import fingerprint as fingerprint_lib
 from dferclip_jax.train import checkpointing, config_checks, data_setup, model_setup, optimizer, reporting
 from dferclip_jax.train import init_checkpoint, preemption, workdir_lock
 from dferclip_jax.train import sharding as sharding_lib
@@ -190,6 +191,7 @@ def _train_locked(config, workdir: Path, data) -> dict:
              "best": best, "test_selected": test_selected, "steps": step,
              "steps_per_epoch": steps_per_epoch, "complete": step >= total_steps,
              "num_clips": {"train": data.num_train, "val": data.num_val, "test": data.num_test},
+             "data_fingerprint": _fingerprint(data, config),
              "skipped_clips": data.skipped_report()}
   if distributed.is_writer():
     reporting.write_json(workdir / "results.json", summary)
@@ -225,6 +227,16 @@ def _finished_results(workdir: Path, total_steps: int) -> dict | None:
   if isinstance(results, dict) and results.get("complete") and results.get("steps") == total_steps:
     return results
   return None
+
+
+def _fingerprint(data, config) -> dict | None:
+  """What data the run saw, the code and the config (data/fingerprint.py); the writer's only."""
+  if not distributed.is_writer():
+    return None
+  splits = data.fingerprint()
+  logging.info("data fingerprint:\n%s", fingerprint_lib.format_fingerprint(splits))
+  return {"splits": splits, "commit": fingerprint_lib.source_commit(),
+          "config_sha256": fingerprint_lib.config_sha256(config)}
 
 
 def _selected(metric: str, value: float, step: int, report: dict, selected_on: str) -> dict:
