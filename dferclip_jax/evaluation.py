@@ -22,8 +22,9 @@ from dferclip_jax.train import sharding as sharding_lib
 
 
 def evaluate_batches(eval_step, variables, batches, mesh, num_classes: int, progress: bool = True,
-                     desc: str = "eval", text_features=None) -> tuple[np.ndarray, float]:
-  """Runs a jitted ``eval_step`` over host-local padded batches -> (confusion matrix, mean loss).
+                     desc: str = "eval", text_features=None) -> tuple[np.ndarray, float, dict]:
+  """Runs a jitted ``eval_step`` over host-local padded batches -> (confusion matrix, mean loss,
+  calibration: ``metrics.calibration_report``'s ECE / NLL / Brier and the reliability bins).
 
   ``text_features``: the classes' text features, computed once by the caller for the whole pass
   (``inference.jit_class_text_features``); None makes every batch compute them again.
@@ -39,7 +40,10 @@ def evaluate_batches(eval_step, variables, batches, mesh, num_classes: int, prog
     bar.close()
   totals = jax.device_get(totals)
   cm = np.rint(totals["confusion"]).astype(np.int64)
-  return cm, float(totals["loss_sum"]) / max(int(cm.sum()), 1)
+  loss = float(totals["loss_sum"]) / max(int(cm.sum()), 1)
+  calibration = metrics_lib.calibration_report(np.asarray(totals["calibration"], np.float64), loss,
+                                               float(totals["brier_sum"]))
+  return cm, loss, calibration
 
 
 def collect_outputs(fn, variables, batches, mesh, num_examples: int) -> np.ndarray:
@@ -154,11 +158,10 @@ def evaluate_model(config, workdir, model, variables, source: str, out_name: str
   image_size = model.clip_config.vision_config.image_size
   eval_step = jax.jit(inference.make_eval_step(model, model.num_classes))
   text_features = inference.jit_class_text_features(model)(variables)
-  cm, loss = evaluate_batches(eval_step, variables, data.eval_batches(local_batch, image_size,
-                                                                      config.eval_num_clips),
-                              mesh, model.num_classes, config.progress_bars,
-                              text_features=text_features)
-  report = {**metrics_lib.classification_report(cm, config.class_names), "loss": loss,
+  cm, loss, calibration = evaluate_batches(
+      eval_step, variables, data.eval_batches(local_batch, image_size, config.eval_num_clips),
+      mesh, model.num_classes, config.progress_bars, text_features=text_features)
+  report = {**metrics_lib.classification_report(cm, config.class_names), "loss": loss, **calibration,
             "checkpoint": source, "num_clips_per_video": config.eval_num_clips,
             "skipped_clips": data.skipped_report()}
   if distributed.is_writer():
@@ -167,9 +170,12 @@ def evaluate_model(config, workdir, model, variables, source: str, out_name: str
     reporting.write_json(out / "report.json", report)
     plots.save_confusion_matrix(cm, config.class_names, out / "confusion_matrix.png",
                                 title=f"UAR {report['uar']:.2f}, WAR {report['war']:.2f}")
+    plots.save_reliability_diagram(calibration["reliability"], out / "reliability.png",
+                                   title=f"ECE {report['ece']:.2f}, NLL {report['nll']:.3f}")
     report["output_dir"] = str(out)
   rows = [("model", source), ("clips", str(report["num_clips"])),
-          ("UAR", f"{report['uar']:.2f}"), ("WAR", f"{report['war']:.2f}")]
+          ("UAR", f"{report['uar']:.2f}"), ("WAR", f"{report['war']:.2f}"),
+          ("ECE", f"{report['ece']:.2f}"), ("NLL", f"{report['nll']:.4f}"), ("Brier", f"{report['brier']:.4f}")]
   rows += [(f"recall {k}", "n/a" if v is None else f"{v:.2f}") for k, v in report["recall"].items()]
   print(reporting.log_table("evaluation", rows))
   return report

@@ -21,6 +21,15 @@ def jit_class_text_features(model):
   return jax.jit(functools.partial(class_text_features, model))
 
 
+def clip_logits(model, variables, video, text_features=None):
+  """Logits [N, C], or [N, K, C] for K temporal clips per video ([N, K, T, H, W, 3])."""
+  apply = lambda x: model.apply(variables, x, text_features=text_features)
+  if video.ndim == 6:
+    n, k = video.shape[:2]
+    return apply(video.reshape((n * k,) + video.shape[2:])).astype(jnp.float32).reshape(n, k, -1)
+  return apply(video).astype(jnp.float32)
+
+
 def clip_probabilities(model, variables, video, text_features=None):
   """Class probabilities [N, C]; video [N, T, H, W, 3] or [N, K, T, H, W, 3] (K temporal clips,
   whose softmax probabilities are averaged: multi-clip test-time evaluation). ``text_features``:
@@ -45,15 +54,31 @@ def make_eval_step(model, num_classes: int):
     probs = clip_probabilities(model, variables, batch["video"], text_features)
     mask = batch["mask"].astype(jnp.float32)
     predictions = jnp.argmax(probs, -1)
-    truth = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32) * mask[:, None]
+    one_hot = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
+    truth = one_hot * mask[:, None]
     cm = totals["confusion"] + jnp.einsum("nt,np->tp", truth,
                                           jax.nn.one_hot(predictions, num_classes, dtype=jnp.float32))
     nll = -jnp.log(jnp.clip(jnp.take_along_axis(probs, batch["label"][:, None], -1)[:, 0], 1e-12))
-    return {"confusion": cm, "loss_sum": totals["loss_sum"] + jnp.sum(nll * mask)}
+    # Calibration: per equal-width bin of the top-class probability, the clips, their summed
+    # confidence and their correct ones; and the summed Brier score.
+    confidence = jnp.max(probs, -1)
+    bins = jnp.minimum(jnp.floor(confidence * CALIBRATION_BINS), CALIBRATION_BINS - 1).astype(jnp.int32)
+    in_bin = jax.nn.one_hot(bins, CALIBRATION_BINS, dtype=jnp.float32) * mask[:, None]
+    correct = (predictions == batch["label"]).astype(jnp.float32)
+    stats = jnp.stack([in_bin.sum(0), in_bin.T @ confidence, in_bin.T @ correct], -1)
+    brier = jnp.sum(jnp.square(probs - one_hot), -1)
+    return {"confusion": cm, "loss_sum": totals["loss_sum"] + jnp.sum(nll * mask),
+            "calibration": totals["calibration"] + stats,
+            "brier_sum": totals["brier_sum"] + jnp.sum(brier * mask)}
 
   return eval_step
 
 
+CALIBRATION_BINS = 15  # ECE's equal-width bins over the top-class probability
+
+
 def empty_eval_totals(num_classes: int):
   return {"confusion": jnp.zeros((num_classes, num_classes), jnp.float32),
-          "loss_sum": jnp.zeros((), jnp.float32)}
+          "loss_sum": jnp.zeros((), jnp.float32),
+          "calibration": jnp.zeros((CALIBRATION_BINS, 3), jnp.float32),
+          "brier_sum": jnp.zeros((), jnp.float32)}

@@ -29,6 +29,39 @@ def confusion_matrix(labels, predictions, num_classes: int, mask=None) -> np.nda
   return cm
 
 
+def calibration_bins(probs, labels, num_bins: int = 15) -> np.ndarray:
+  """[num_bins, 3]: per equal-width bin of the top-class probability ([k/B, (k+1)/B), 1.0 in the
+  last), the clips in it, their summed confidence, their correct ones. (The eval step
+  accumulates the same on the devices.)"""
+  probs = np.asarray(probs, np.float64)
+  labels = np.asarray(labels).reshape(-1)
+  confidence = probs.max(-1)
+  bins = np.minimum(np.floor(confidence * num_bins), num_bins - 1).astype(int)
+  correct = (probs.argmax(-1) == labels).astype(np.float64)
+  out = np.zeros((num_bins, 3))
+  np.add.at(out, bins, np.stack([np.ones_like(confidence), confidence, correct], -1))
+  return out
+
+
+def calibration_report(bins: np.ndarray, nll: float, brier_sum: float) -> dict:
+  """ECE (percent, over the bins of ``calibration_bins``), NLL (mean, natural log), the Brier
+  score (mean over clips of the squared distance between the probabilities and the one-hot
+  label), and the reliability bins (each bin's clips, mean confidence and accuracy in percent)."""
+  bins = np.asarray(bins, np.float64)
+  count, confidence, correct = bins[:, 0], bins[:, 1], bins[:, 2]
+  n = count.sum()
+  if n <= 0:
+    return {"ece": None, "nll": None, "brier": None, "reliability": []}
+  with np.errstate(invalid="ignore", divide="ignore"):
+    gap = np.where(count > 0, np.abs(correct - confidence) / np.maximum(count, 1e-12), 0.0)
+  num_bins = len(bins)
+  reliability = [{"bin": [k / num_bins, (k + 1) / num_bins], "clips": int(round(c)),
+                  "confidence": 100.0 * conf / c if c else None, "accuracy": 100.0 * acc / c if c else None}
+                 for k, (c, conf, acc) in enumerate(zip(count, confidence, correct))]
+  return {"ece": float(100.0 * np.sum(count / n * gap)), "nll": float(nll), "brier": float(brier_sum / n),
+          "reliability": reliability}
+
+
 def per_class_recall(cm: np.ndarray) -> np.ndarray:
   """Recall of each class in percent; NaN for a class with no test clip."""
   support = cm.sum(axis=1)

@@ -1,4 +1,5 @@
-"""The confusion-matrix figure (row-normalised, in percent, counts in brackets)."""
+"""The evaluation figures: the confusion matrix (row-normalised, in percent, counts in brackets)
+and the reliability diagram (accuracy against confidence per bin)."""
 
 from __future__ import annotations
 
@@ -35,5 +36,38 @@ def save_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
   fig.tight_layout()
   path = storage.path(path)
   storage.save_figure(fig, path, dpi=100)  # a local file or a bucket object
+  plt.close(fig)
+  return path
+
+
+def save_reliability_diagram(reliability: Sequence[dict], path: str | Path,
+                             title: str = "Reliability") -> Path:
+  """Each confidence bin's accuracy (bars) against the diagonal of perfect calibration; the bins'
+  clip counts below (``metrics.calibration_report``'s ``reliability``)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                    gridspec_kw={"height_ratios": [3, 1]})
+  lows = [b["bin"][0] * 100 for b in reliability]
+  width = (reliability[0]["bin"][1] - reliability[0]["bin"][0]) * 100 if reliability else 100
+  accuracy = [b["accuracy"] or 0.0 for b in reliability]
+  confidence = [b["confidence"] if b["confidence"] is not None else 0.0 for b in reliability]
+  top.bar(lows, accuracy, width=width, align="edge", color="tab:blue", edgecolor="black", label="accuracy")
+  top.bar(lows, [c - a for c, a in zip(confidence, accuracy)], bottom=accuracy, width=width,
+          align="edge", color="tab:red", alpha=0.3, label="gap to the confidence")
+  top.plot([0, 100], [0, 100], "k--", lw=1)
+  top.set_ylim(0, 100)
+  top.set_ylabel("accuracy (%)")
+  top.set_title(title)
+  top.legend(loc="upper left", fontsize=8)
+  bottom.bar(lows, [b["clips"] for b in reliability], width=width, align="edge", color="gray")
+  bottom.set_xlabel("confidence: the top class's probability (%)")
+  bottom.set_ylabel("clips")
+  bottom.set_xlim(0, 100)
+  fig.tight_layout()
+  path = storage.path(path)
+  storage.save_figure(fig, path, dpi=100)
   plt.close(fig)
   return path

@@ -59,7 +59,7 @@ def test_eval_step_confusion_orientation_mask_and_loss():
 def test_evaluate_batches_reports_recall_not_precision():
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
   step = jax.jit(inference.make_eval_step(LogitsInPixels(), 3))
-  cm, loss = evaluation.evaluate_batches(step, {}, [batch()], mesh, 3, progress=False)
+  cm, loss, _ = evaluation.evaluate_batches(step, {}, [batch()], mesh, 3, progress=False)
   np.testing.assert_array_equal(cm, EXPECTED_CM)
   report = metrics.classification_report(cm, ["a", "b", "c"])
   # Recall by hand: a 1/2, b 1/1, c 2/3 (precision would be a 1/2, b 1/2, c 2/2).
@@ -90,3 +90,31 @@ def test_k_clips_average_k_separate_softmaxes():
   totals = step({}, {"video": video, "label": np.array([1, 2], np.int32), "mask": np.ones(2, bool)},
                 inference.empty_eval_totals(3))
   np.testing.assert_array_equal(np.rint(np.asarray(totals["confusion"])), [[0, 0, 0], [0, 1, 0], [0, 0, 1]])
+
+
+# Calibration: probabilities chosen by hand (logits = their logs), two real clips in one bin
+# (0.9 right, 0.92 wrong: bin 13 of 15), two padding rows that would land in bin 14.
+CAL_PROBS = np.array([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05], [0.05, 0.92, 0.03], [0.2, 0.7, 0.1],
+                      [0.34, 0.33, 0.33], [0.1, 0.1, 0.8], [0.98, 0.01, 0.01], [0.98, 0.01, 0.01]])
+CAL_LABELS = np.array([0, 0, 2, 1, 1, 2, 1, 1], np.int32)
+
+
+def test_calibration_figures_by_hand():
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
+  step = jax.jit(inference.make_eval_step(LogitsInPixels(), 3))
+  calibrated = {"video": video_with_logits(np.log(CAL_PROBS)), "label": CAL_LABELS, "mask": MASK}
+  cm, loss, calibration = evaluation.evaluate_batches(step, {}, [calibrated], mesh, 3, progress=False)
+  # ECE: bins 7 (0.5, right), 13 (0.9 right and 0.92 wrong: accuracy 1/2, confidence 0.91),
+  # 10 (0.7 right), 5 (0.34 wrong), 12 (0.8 right), each weighted by its share of the 6 clips.
+  # Per-clip gaps instead of per-bin ones give 0.51 for bin 13 instead of 0.41: ECE 37.67 not 36.
+  assert calibration["ece"] == pytest.approx(100 * (0.5 + 2 * 0.41 + 0.3 + 0.34 + 0.2) / 6, abs=1e-4)
+  nll = -np.mean(np.log([0.5, 0.9, 0.03, 0.7, 0.33, 0.8]))
+  assert calibration["nll"] == pytest.approx(nll, rel=1e-5) and loss == pytest.approx(nll, rel=1e-5)
+  # Brier: the squared distances to the one-hot labels, written out row by row.
+  brier = [0.25 + 0.09 + 0.04, 0.01 + 0.0025 + 0.0025, 0.0025 + 0.8464 + 0.9409, 0.04 + 0.09 + 0.01,
+           0.1156 + 0.4489 + 0.1089, 0.01 + 0.01 + 0.04]
+  assert calibration["brier"] == pytest.approx(sum(brier) / 6, rel=1e-5)
+  bins = calibration["reliability"]
+  assert len(bins) == 15 and [b["clips"] for b in bins] == [0] * 5 + [1, 0, 1, 0, 0, 1, 0, 1, 2, 0]
+  assert bins[13]["accuracy"] == pytest.approx(50.0) and bins[13]["confidence"] == pytest.approx(91.0, abs=1e-4)
+  assert bins[13]["bin"] == [13 / 15, 14 / 15] and bins[0]["confidence"] is None

@@ -197,8 +197,21 @@ def test_val_fraction_selects_on_validation_and_reports_both(tmp_path, dataset):
   assert summary["test_selected"]["selected_on"] == "test"
   saved = json.loads((workdir / "results.json").read_text())
   assert {"best", "final", "test_selected"} <= set(saved)
+  # Calibration beside every evaluation; a temperature fitted on the validation split, its
+  # figures beside the raw ones. The raw test figures from the fitted logits (numpy) equal the
+  # final evaluation's (accumulated on the devices).
+  assert {"eval/nll", "eval/brier"} <= set([r for r in records if "eval/ece" in r][-1])
+  assert {"val/nll", "val/brier"} <= set([r for r in records if "val/ece" in r][-1])
+  scaling = saved["temperature_scaling"]
+  assert scaling["fitted_on"] == "val" and scaling["temperature"] > 0
+  assert scaling["val"]["scaled"]["nll"] <= scaling["val"]["raw"]["nll"] + 1e-9
+  for key in ("ece", "nll", "brier"):
+    assert scaling["test"]["raw"][key] == pytest.approx(saved["final"][key], rel=1e-4, abs=1e-4), key
+  assert (workdir / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   report = evaluation.run_evaluation(config, workdir)
   assert report["uar"] == pytest.approx(best["uar"])
+  assert {"ece", "nll", "brier"} <= set(report) and report["nll"] == pytest.approx(report["loss"])
+  assert (pathlib.Path(report["output_dir"]) / "reliability.png").is_file()
 
 
 def test_crossval_reports_val_selected_final_and_test_selected(tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from dferclip_jax import distributed, evaluation, inference, metrics as metrics_lib
-from dferclip_jax import plots, storage
+from dferclip_jax import calibration, plots, storage
 from dferclip_jax.data import fingerprint as fingerprint_lib
 from dferclip_jax.train import checkpointing, config_checks, data_setup, model_setup, optimizer, reporting
 from dferclip_jax.train import init_checkpoint, preemption, workdir_lock
@@ -112,13 +112,14 @@ def _train_locked(config, workdir: Path, data) -> dict:
 
   def evaluate_split(step: int, split: str, prefix: str, record: bool = True) -> dict:
     variables = state_lib.variables_of(state, {"prompts": state["prompts"]})
-    cm, loss = evaluation.evaluate_batches(
+    cm, loss, calibration = evaluation.evaluate_batches(
         eval_step, variables,
         data.eval_batches(local_eval_batch, image_size, config.eval_num_clips, split=split),
         mesh, bundle.num_classes, config.progress_bars, desc=prefix,
         text_features=encode_texts(variables))  # once per evaluation: constant over its batches
-    report = metrics_lib.classification_report(cm, bundle.class_names)
+    report = {**metrics_lib.classification_report(cm, bundle.class_names), **calibration}
     scalars = {f"{prefix}/uar": report["uar"], f"{prefix}/war": report["war"], f"{prefix}/loss": loss}
+    scalars.update({f"{prefix}/{k}": report[k] for k in ("ece", "nll", "brier") if report[k] is not None})
     scalars.update({f"{prefix}/recall/{name}": r for name, r in report["recall"].items()})
     if record:  # False: an evaluation the metrics already hold, redone after a resume
       writer.write(step, scalars, {f"{prefix}/confusion_matrix": report["confusion_matrix"],
@@ -185,13 +186,21 @@ def _train_locked(config, workdir: Path, data) -> dict:
         bar.close()
       checkpointer.close()
       writer.close()
+  scaling = None
+  if selection == "val":  # a validation set to fit a temperature on, without touching the test set
+    scaling = _temperature_scaling(model, state_lib.variables_of(state, {"prompts": state["prompts"]}),
+                                   data, encode_texts, local_eval_batch, image_size, config, mesh)
+    logging.info("temperature scaling: T = %.3f (fitted on val); test ECE %.2f -> %.2f, NLL %.4f -> %.4f",
+                 scaling["temperature"], scaling["test"]["raw"]["ece"], scaling["test"]["scaled"]["ece"],
+                 scaling["test"]["raw"]["nll"], scaling["test"]["scaled"]["nll"])
   # "best" is what --checkpoint=best restores (chosen on the validation set when there is one);
   # "test_selected" is the best on the test set, the official code's figure, named for what it is.
-  summary = {"final": {k: last_eval[k] for k in ("uar", "war", "loss", "step", "recall")},
+  summary = {"final": {k: last_eval.get(k) for k in ("uar", "war", "loss", "step", "recall", "ece", "nll", "brier")},
              "best": best, "test_selected": test_selected, "steps": step,
              "steps_per_epoch": steps_per_epoch, "complete": step >= total_steps,
              "num_clips": {"train": data.num_train, "val": data.num_val, "test": data.num_test},
              "data_fingerprint": _fingerprint(data, config),
+             "temperature_scaling": scaling,
              "skipped_clips": data.skipped_report()}
   if distributed.is_writer():
     reporting.write_json(workdir / "results.json", summary)
@@ -229,6 +238,21 @@ def _finished_results(workdir: Path, total_steps: int) -> dict | None:
   return None
 
 
+def _temperature_scaling(model, variables, data, encode_texts, local_batch, image_size, config, mesh):
+  """The final state's temperature, fitted on the validation split (calibration.py): both splits'
+  ECE / NLL / Brier, raw and scaled. Clips skipped when read are left out."""
+  text_features = encode_texts(variables)
+  logits_fn = jax.jit(lambda v, x: inference.clip_logits(model, v, x, text_features))
+  splits = {}
+  for split, source in (("val", data.val_source), ("test", data.test_source)):
+    logits = evaluation.collect_outputs(
+        logits_fn, variables, data.eval_batches(local_batch, image_size, config.eval_num_clips, split=split),
+        mesh, len(source))
+    keep = np.setdiff1d(np.arange(len(source)), np.fromiter(data.read_skipped[split], int))
+    splits[split] = (logits[keep], np.asarray(source.labels)[keep])
+  return calibration.temperature_scaling(*splits["val"], *splits["test"])
+
+
 def _fingerprint(data, config) -> dict | None:
   """What data the run saw, the code and the config (data/fingerprint.py); the writer's only."""
   if not distributed.is_writer():
@@ -242,6 +266,7 @@ def _fingerprint(data, config) -> dict | None:
 def _selected(metric: str, value: float, step: int, report: dict, selected_on: str) -> dict:
   """A selected evaluation: the selection metric's value and the test UAR/WAR at that step."""
   return {"metric": metric, "value": value, "step": step, "uar": report["uar"], "war": report["war"],
+          "ece": report.get("ece"), "nll": report.get("nll"), "brier": report.get("brier"),
           "selected_on": selected_on}
 
 
@@ -270,6 +295,9 @@ def _write_eval_files(workdir: Path, report: dict, class_names, step: int, suffi
   cm = np.asarray(report["confusion_matrix"])
   plots.save_confusion_matrix(cm, class_names, workdir / f"confusion_matrix{suffix}.png",
                               title=f"step {step}: UAR {report['uar']:.2f}, WAR {report['war']:.2f}")
+  if report.get("reliability"):
+    plots.save_reliability_diagram(report["reliability"], workdir / f"reliability{suffix}.png",
+                                   title=f"step {step}: ECE {report['ece']:.2f}, NLL {report['nll']:.3f}")
   reporting.write_json(workdir / f"eval{suffix}.json", {**report, "step": step})
 
 
