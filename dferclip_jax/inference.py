@@ -9,6 +9,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from dferclip_jax import metrics
+
 
 def class_text_features(model, variables):
   """The classes' text features [C, D] (``DFERCLIP.encode_prompts``)."""
@@ -34,12 +36,8 @@ def clip_probabilities(model, variables, video, text_features=None):
   """Class probabilities [N, C]; video [N, T, H, W, 3] or [N, K, T, H, W, 3] (K temporal clips,
   whose softmax probabilities are averaged: multi-clip test-time evaluation). ``text_features``:
   ``class_text_features``' output where the caller has it (else computed here)."""
-  apply = lambda x: model.apply(variables, x, text_features=text_features)
-  if video.ndim == 6:
-    n, k = video.shape[:2]
-    logits = apply(video.reshape((n * k,) + video.shape[2:]))
-    return jax.nn.softmax(logits.astype(jnp.float32), -1).reshape(n, k, -1).mean(axis=1)
-  return jax.nn.softmax(apply(video).astype(jnp.float32), -1)
+  probs = jax.nn.softmax(clip_logits(model, variables, video, text_features), -1)
+  return probs.mean(axis=1) if probs.ndim == 3 else probs
 
 
 def make_eval_step(model, num_classes: int):
@@ -62,8 +60,8 @@ def make_eval_step(model, num_classes: int):
     # Calibration: per equal-width bin of the top-class probability, the clips, their summed
     # confidence and their correct ones; and the summed Brier score.
     confidence = jnp.max(probs, -1)
-    bins = jnp.minimum(jnp.floor(confidence * CALIBRATION_BINS), CALIBRATION_BINS - 1).astype(jnp.int32)
-    in_bin = jax.nn.one_hot(bins, CALIBRATION_BINS, dtype=jnp.float32) * mask[:, None]
+    bins = jnp.minimum(jnp.floor(confidence * metrics.CALIBRATION_BINS), metrics.CALIBRATION_BINS - 1).astype(jnp.int32)
+    in_bin = jax.nn.one_hot(bins, metrics.CALIBRATION_BINS, dtype=jnp.float32) * mask[:, None]
     correct = (predictions == batch["label"]).astype(jnp.float32)
     stats = jnp.stack([in_bin.sum(0), in_bin.T @ confidence, in_bin.T @ correct], -1)
     brier = jnp.sum(jnp.square(probs - one_hot), -1)
@@ -74,11 +72,8 @@ def make_eval_step(model, num_classes: int):
   return eval_step
 
 
-CALIBRATION_BINS = 15  # ECE's equal-width bins over the top-class probability
-
-
 def empty_eval_totals(num_classes: int):
   return {"confusion": jnp.zeros((num_classes, num_classes), jnp.float32),
           "loss_sum": jnp.zeros((), jnp.float32),
-          "calibration": jnp.zeros((CALIBRATION_BINS, 3), jnp.float32),
+          "calibration": jnp.zeros((metrics.CALIBRATION_BINS, 3), jnp.float32),
           "brier_sum": jnp.zeros((), jnp.float32)}

@@ -29,7 +29,10 @@ def confusion_matrix(labels, predictions, num_classes: int, mask=None) -> np.nda
   return cm
 
 
-def calibration_bins(probs, labels, num_bins: int = 15) -> np.ndarray:
+CALIBRATION_BINS = 15  # ECE's equal-width bins over the top-class probability
+
+
+def calibration_bins(probs, labels, num_bins: int = CALIBRATION_BINS) -> np.ndarray:
   """[num_bins, 3]: per equal-width bin of the top-class probability ([k/B, (k+1)/B), 1.0 in the
   last), the clips in it, their summed confidence, their correct ones. (The eval step
   accumulates the same on the devices.)"""
