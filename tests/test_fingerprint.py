@@ -78,3 +78,10 @@ def test_config_hash_follows_every_key():
   assert fingerprint.config_sha256(a) == fingerprint.config_sha256(b)
   b.optim.lr.temporal = 0.5
   assert fingerprint.config_sha256(a) != fingerprint.config_sha256(b)
+
+
+def test_an_unreadable_first_frame_is_named(tmp_path):
+  records, names = make_clips(tmp_path / "data")
+  (tmp_path / "data" / "a" / "00000.png").unlink()  # listed, then gone
+  with pytest.raises(ValueError, match=r"a/00000.png: cannot read this clip's first frame"):
+    fingerprint.split_fingerprint(records, names, str(tmp_path / "data"))

@@ -45,7 +45,12 @@ def split_fingerprint(records: Sequence[ClipRecord], frame_names: Mapping[str, S
     lines.update(f"{cid}\t{count}\t{label}\n".encode())
     names = frame_names[path]
     first = storage.path(path) / names[0]  # local: a frame of the user's data
-    first_frames.update(f"{cid}\t{hashlib.sha256(first.read_bytes()).hexdigest()}\n".encode())
+    try:
+      data = first.read_bytes()
+    except OSError as e:
+      raise ValueError(f"{first}: cannot read this clip's first frame for the data fingerprint: "
+                       f"{e.strerror or e}") from None
+    first_frames.update(f"{cid}\t{hashlib.sha256(data).hexdigest()}\n".encode())
   return {"clips": len(rows), "frames": int(sum(r[1] for r in rows)),
           "list_sha256": lines.hexdigest(), "first_frames_sha256": first_frames.hexdigest()}
 

@@ -68,6 +68,8 @@ def _train_locked(config, workdir: Path, data) -> dict:
                  finished["final"]["uar"], finished["final"]["war"])
     return finished
 
+  fingerprint = _fingerprint(data, config)  # before training: an unreadable first frame fails now
+
   # ---------------------------------------------------------------------- model
   if config.init_checkpoint:  # a trained model's architecture and weights (fine-tuning)
     bundle = init_checkpoint.build_model(config, rng=jax.random.PRNGKey(config.seed))
@@ -199,7 +201,7 @@ def _train_locked(config, workdir: Path, data) -> dict:
              "best": best, "test_selected": test_selected, "steps": step,
              "steps_per_epoch": steps_per_epoch, "complete": step >= total_steps,
              "num_clips": {"train": data.num_train, "val": data.num_val, "test": data.num_test},
-             "data_fingerprint": _fingerprint(data, config),
+             "data_fingerprint": fingerprint,
              "temperature_scaling": scaling,
              "skipped_clips": data.skipped_report()}
   if distributed.is_writer():
