@@ -9,6 +9,9 @@ Modes (--mode), one example each:
   predict    python main.py --mode=predict --config=configs/dfew.py --workdir=runs/dfew1 \
                  --inputs=clips/a,clips/b.mp4,@more_inputs.txt --output=predictions.jsonl
   crossval   python main.py --mode=crossval --config=configs/dfew.py --workdir=runs/dfew_cv [--folds=1,2]
+  reproduce  python main.py --mode=reproduce --config=configs/dfew.py --workdir=runs/paper \
+                 --dfew_root=/data/DFEW --ferv39k_root=/data/FERV39k --mafw_root=/data/MAFW
+             (DFEW folds 1-5, FERV39k, MAFW folds 1-5 -> runs/paper/paper_table.md; [--datasets] [--folds])
   zeroshot   python main.py --mode=zeroshot --config=configs/dfew.py:fold=1 --workdir=runs/zs1
   openset    python main.py --mode=openset --config=configs/hesp_mafw.py --workdir=runs/hesp_mafw
   verify     python main.py --mode=verify --config=configs/dfew.py:fold=1 --workdir=runs/dfew1
@@ -34,7 +37,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/dfew.py:fold=1 (see configs/).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
 _MODE = flags.DEFINE_enum("mode", "train",
-                          ["train", "evaluate", "predict", "crossval", "zeroshot", "openset", "verify"],
+                          ["train", "evaluate", "predict", "crossval", "reproduce", "zeroshot", "openset", "verify"],
                           "What to run (see the module docstring for an example of each).")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "best", "evaluate/predict: 'best', 'latest' or a step number of --workdir's run, a model directory "
@@ -58,7 +61,15 @@ _FRAMES_FPS = flags.DEFINE_float("frames_fps", 30.0, "predict --timeline: the fr
                                  "folders (video files state their own).")
 _TIMELINE_DIR = flags.DEFINE_string("timeline_dir", None, "predict --timeline: where the CSV and PNG "
                                     "files go (default: beside --output, or WORKDIR/timeline).")
-_FOLDS = flags.DEFINE_list("folds", [], "crossval: which folds (default: all of the dataset's).")
+_FOLDS = flags.DEFINE_list("folds", [], "crossval, reproduce: which folds (default: all of the "
+                           "dataset's; reproduce: of DFEW and MAFW, FERV39k runs its one split, fold 0).")
+_DATASETS = flags.DEFINE_list("datasets", [], "reproduce: which of dfew,ferv39k,mafw (default: all three).")
+_DFEW_ROOT = flags.DEFINE_string("dfew_root", None, "reproduce: the DFEW root (as published, or the "
+                                 "root of annotations/dfew's lists).")
+_FERV39K_ROOT = flags.DEFINE_string("ferv39k_root", None, "reproduce: the FERV39k root (as published, "
+                                    "or the root of annotations/ferv39k's lists).")
+_MAFW_ROOT = flags.DEFINE_string("mafw_root", None, "reproduce: the MAFW root (as published, or the "
+                                 "root of annotations/mafw's lists).")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "true", "false"],
     "Call jax.distributed.initialize() by cluster auto-detection: 'auto' does when the environment "
@@ -167,7 +178,9 @@ def _run(argv):
     from dferclip_jax.train import trainer
     flag = flags.FLAGS["config"]
     crossval.run_crossval(config_flags.get_config_filename(flag), config_flags.get_override_values(flag),
-                          workdir, [int(f) for f in _FOLDS.value], trainer.train_and_evaluate)
+                          workdir, _folds(), trainer.train_and_evaluate)
+  elif mode == "reproduce":
+    _reproduce(config, workdir)
   elif mode == "verify":
     from dferclip_jax.train import data_setup
     _require_one_process("verify")  # every host would decode every frame and write the same file
@@ -175,6 +188,26 @@ def _run(argv):
   elif mode == "openset":
     from dferclip_jax.openset import experiment
     experiment.run_openset(config, workdir)
+
+
+def _folds() -> list[int]:
+  try:
+    return [int(f) for f in _FOLDS.value]
+  except ValueError:
+    raise app.UsageError(f"--folds={','.join(_FOLDS.value)}: expected fold numbers, e.g. --folds=1,2") from None
+
+
+def _reproduce(config, workdir):
+  from dferclip_jax import reproduce
+  from dferclip_jax.train import trainer
+  roots = {"dfew": _DFEW_ROOT.value, "ferv39k": _FERV39K_ROOT.value, "mafw": _MAFW_ROOT.value}
+  roots = {k: os.path.expanduser(v) if v else v for k, v in roots.items()}  # "--x=~/..." is not expanded
+  try:
+    reproduce.run_reproduce(config, workdir, selected=_DATASETS.value, folds=_folds(), roots=roots,
+                            overrides=config_flags.get_override_values(flags.FLAGS["config"]),
+                            train_fn=trainer.train_and_evaluate)
+  except reproduce.ReproduceError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def _timeline_dir(workdir):

@@ -123,6 +123,27 @@ def write_bytes_atomic(target, data: bytes) -> None:
     raise
 
 
+def create_exclusive(target, data: bytes) -> bool:
+  """Writes ``data`` at ``target`` only where nothing is there yet, as one atomic step: a local
+  file by ``O_EXCL``; a bucket object by an upload the server refuses when the object exists
+  (``ifGenerationMatch=0``). False when something was there (nothing is written then)."""
+  target = path(target)
+  if not is_remote(target):
+    try:
+      fd = os.open(os.fspath(target), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    return True
+  import fsspec
+  try:
+    fsspec.filesystem("gs").pipe_file(os.fspath(target), data, mode="create")
+  except FileExistsError:  # gcsfs's answer to the server's 412 Precondition Failed
+    return False
+  return True
+
+
 def write_text_atomic(target, text: str) -> None:
   write_bytes_atomic(target, text.encode("utf-8"))
 

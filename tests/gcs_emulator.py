@@ -1,9 +1,12 @@
 """A Cloud Storage emulator on loopback for the gs:// tests: ``gcp-storage-emulator`` (PyPI, a
 development requirement), run in its own process, in memory, with bucket ``bkt``.
 
-Real GCS sends ``x-goog-generation`` with an object's bytes and TensorStore (Orbax's array
-writer) reads it to make conditional writes; the emulator sends it only in the JSON metadata, so
-this launcher adds the header before starting the server. Nothing else is changed.
+Two behaviours of real GCS the emulator lacks are added before the server starts; nothing else
+is changed:
+- the ``x-goog-generation`` header with an object's bytes (TensorStore, Orbax's array writer,
+  reads it to make conditional writes; the emulator sends it only in the JSON metadata);
+- the precondition ``ifGenerationMatch=0`` on an upload ("only if the object does not exist"):
+  412 Precondition Failed when it exists, as GCS answers (the workdir lock's atomic create).
 
 ``python tests/gcs_emulator.py PORT`` runs it; ``running_emulator()`` starts one on a free port
 and yields ``http://127.0.0.1:PORT``, the value of ``STORAGE_EMULATOR_HOST``.
@@ -17,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from http import HTTPStatus
 
 BUCKET = "bkt"
 
@@ -37,11 +41,29 @@ def _serve(port: int) -> None:
       response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
     return plain_download(request, response, storage, *args, **kwargs)
 
+  plain_insert = objects.insert
+
+  def insert(request, response, storage, *args, **kwargs):
+    if request.query.get("ifGenerationMatch") == ["0"]:
+      name = (request.query.get("name") or [None])[0]
+      if name is None and isinstance(request.data, dict):
+        name = (request.data.get("meta") or request.data).get("name")
+      try:
+        exists = storage.get_file_obj(request.params["bucket_name"], name) is not None
+      except Exception:  # noqa: BLE001 -- not found
+        exists = False
+      if exists:
+        response.status = HTTPStatus.PRECONDITION_FAILED
+        return None
+    return plain_insert(request, response, storage, *args, **kwargs)
+
   objects.download = download  # objects.get (alt=media) calls it by this name
   for _, methods in server.HANDLERS:  # the routes hold the function itself
     for method, handler in methods.items():
       if handler is plain_download:
         methods[method] = download
+      elif handler is plain_insert:
+        methods[method] = insert
   srv = server.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
   srv.start()
   try:

@@ -253,3 +253,44 @@ def test_two_processes_on_a_bucket_workdir(emulator, local_reference, tmp_path):
   assert "two/results.json" in names and "two/checkpoints/5/meta/metadata" in names
   assert "two/run.lock" not in names and not os.listdir(tmp_path)
   assert len([n for n in names if "tfevents" in n]) == 1  # one TensorBoard writer
+
+
+CREATE_TWICE = """
+import sys
+from dferclip_jax import storage
+target = sys.argv[1]
+print(storage.create_exclusive(target, b"first"), storage.create_exclusive(target, b"second"))
+"""
+
+
+def test_create_exclusive_in_the_bucket_refuses_an_existing_object(emulator):
+  """The upload is conditional (ifGenerationMatch=0): the second create writes nothing."""
+  env = {**os.environ, "STORAGE_EMULATOR_HOST": emulator}
+  result = subprocess.run([sys.executable, "-c", CREATE_TWICE, "gs://bkt/exclusive/one"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+  assert result.stdout.split() == ["True", "False"], result.stderr[-3000:]
+  assert read_object(emulator, "exclusive/one") == b"first"
+
+
+def test_runs_started_at_once_on_a_bucket_workdir_one_takes_the_lock(emulator, tmp_path):
+  from test_workdir_lock import CONTENDER
+  contender = CONTENDER.replace("work = pathlib.Path(sys.argv[1])", (
+      "from dferclip_jax import storage\nwork = storage.path(sys.argv[1])\n"
+      "signals = pathlib.Path(sys.argv[2])")).replace("work.parent /", "signals /")
+  env = {**os.environ, "STORAGE_EMULATOR_HOST": emulator}
+  procs = [subprocess.Popen([sys.executable, "-c", contender, "gs://bkt/contended", str(tmp_path)],
+                            cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for _ in range(4)]
+  for p in procs:
+    assert p.stdout.readline().strip() == "ready", p.stderr.read()[-2000:]
+  (tmp_path / "go").touch()
+  lines = [p.stdout.readline().strip() for p in procs]
+  assert lines.count("took") == 1, lines
+  holder = procs[lines.index("took")]
+  assert json.loads(read_object(emulator, "contended/run.lock"))["pid"] == holder.pid
+  (tmp_path / "done").touch()
+  for p, line in zip(procs, lines):
+    p.wait(timeout=60)
+    assert p.returncode == (0 if p is holder else 1)
+    assert p is holder or line.startswith("refused: gs://bkt/contended is in use by another run"), line
+  assert read_object(emulator, "contended/run.lock") is None  # the holder removed its own lock

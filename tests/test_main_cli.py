@@ -116,3 +116,14 @@ def test_zeroshot_without_pretrained_clip_is_a_usage_error(tmp_path):
   assert result.returncode != 0 and "--config.model.clip" in result.stderr
   assert "Traceback" not in result.stderr  # one clear line, not a crash
   assert not (tmp_path / "zs").exists()
+
+
+def test_reproduce_usage_errors_are_one_line(tmp_path):
+  result = main("--mode=reproduce", "--config=configs/dfew.py", f"--workdir={tmp_path / 'paper'}",
+                "--datasets=dfew", f"--dfew_root={tmp_path}", "--folds=two", check=False, timeout=120)
+  assert result.returncode != 0 and "--folds=two: expected fold numbers" in result.stderr
+  result = main("--mode=reproduce", "--config=configs/dfew.py", f"--workdir={tmp_path / 'paper'}",
+                "--datasets=mafw", "--config.data.root=/data/MAFW", check=False, timeout=120)
+  assert result.returncode != 0 and "--mode=reproduce sets --config.data.root itself" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "paper").exists()

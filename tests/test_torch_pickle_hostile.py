@@ -797,3 +797,37 @@ def test_views_of_one_storage_and_expanded_buffers_load(tmp_path):
   expected = {"w": weight, "w_t": weight.t(), "ids": torch.arange(77).expand(64, -1)}
   torch.save(expected, path)
   assert_same(torch_pickle.load(path), expected)
+
+
+def _zip64(path, monkeypatch) -> Path:
+  """A torch.save-shaped zip whose end records are zip64's (zipfile writes them past 65,535
+  members; the limit is lowered so that three members are enough)."""
+  with monkeypatch.context() as m:
+    m.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 1)
+    write_zip(path, state_dict(w=tensor(storage(), 0, (2, 2), (2, 1))))
+  data = path.read_bytes()
+  assert b"PK\x06\x06" in data and b"PK\x06\x07" in data  # the zip64 end record and its locator
+  return path
+
+
+def test_a_zip64_checkpoint_reads(tmp_path, monkeypatch):
+  loaded = torch_pickle.load(_zip64(tmp_path / "zip64.pth", monkeypatch))
+  np.testing.assert_array_equal(loaded["state_dict"]["w"], np.arange(4, dtype=np.float32).reshape(2, 2))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    (32, 2 ** 40, r"declares 1099511627776 members in a \d+-byte directory"),
+    (40, 2 ** 40, r"declares 3 members in a 1099511627776-byte directory")])
+def test_a_zip64_end_record_is_bounded_before_it_is_read(tmp_path, monkeypatch, field, value, message):
+  """The zip64 end record's counts (offset 32: entries, 40: directory size) are the true ones,
+  not the 0xFFFF placeholders of the classic record: their lies are caught before zipfile reads."""
+  path = _zip64(tmp_path / "zip64.pth", monkeypatch)
+  data = bytearray(path.read_bytes())
+  at = data.rfind(b"PK\x06\x06")
+  struct.pack_into("<Q", data, at + field, value)
+  if field == 32:
+    struct.pack_into("<Q", data, at + 24, value)  # this disk's entries, kept equal to the total
+  path.write_bytes(bytes(data))
+  with pytest.raises(torch_pickle.TorchCheckpointError, match=rf"zip64\.pth: the zip {message} \(at most "
+                     rf"100000 in 33554432\)"):
+    torch_pickle.load(path)

@@ -9,9 +9,9 @@ A lock left behind is taken over, with a log line, when its holder is provably g
 - on this host, when its pid is not alive (``kill -9``, a crash);
 - on any host, when its heartbeat (rewritten every ``HEARTBEAT_S`` seconds while the run lives)
   is older than ``STALE_AFTER_S``: a SLURM job requeued onto another node, a TPU VM recreated.
-A local lock is created atomically (``O_EXCL``). A ``gs://`` workdir has no atomic create through
-the path library: the lock is written, read back and checked to be ours, which catches all but
-two runs started within the same second (README "On a Cloud TPU pod").
+The lock is created atomically (``storage.create_exclusive``): a local file by ``O_EXCL``, a
+``gs://`` object by an upload that Cloud Storage refuses when the object exists
+(``ifGenerationMatch=0``), then read back and checked to be ours.
 """
 
 from __future__ import annotations
@@ -130,18 +130,10 @@ class WorkdirLock:
 
   def _create(self) -> bool:
     text = json.dumps({**self.record, "heartbeat": time.time()})
-    if _is_local(self.path):
-      try:
-        fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        return False
-      with os.fdopen(fd, "w") as f:
-        f.write(text)
-      return True
-    if self.path.exists():
+    if not storage.create_exclusive(self.path, text.encode()):
       return False
-    self.path.write_text(text)
-    return (self._read() or {}).get("token") == self.record["token"]
+    # Read back on a bucket: a second guard, should a store not honour the upload's condition.
+    return _is_local(self.path) or (self._read() or {}).get("token") == self.record["token"]
 
   def _read(self) -> dict | None:
     try:
