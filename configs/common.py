@@ -173,8 +173,10 @@ def add_openset(c: ml_collections.ConfigDict, hesp_dataset: str, method: str = "
   c.hesp.contrastive_temperature = 0.5
   c.hesp.eval_every_epochs = 1
   # True: reproduce HESP's official code where it departs from its method (contexts not trained,
-  # prompts paired alphabetically, frame 0 for short clips, resize before the crop, its AUROC and
-  # OSCR beside ours); see docs/openset.md. False: the corrected method.
+  # prompts paired alphabetically, frame 0 for short clips, resize before the crop, ceil(N/batch)
+  # steps an epoch with the partial last batch, frames in string order, the OpenCV contour chain
+  # for the attention peak, its AUROC and OSCR beside ours); see docs/openset.md. False: the
+  # corrected method.
   c.hesp.official = False
   if method == "hesp":  # the baselines keep the dataset's DFER-CLIP recipe (16 frames, its augmentation)
     c.data.augmentation = "mafw"         # HESP trains with random sized crop + flip

@@ -98,6 +98,20 @@ def _global_position(q, batch_size: int, process_index: int, process_count: int)
   return step * batch_size * process_count + process_index * batch_size + j
 
 
+def epoch_batch_positions(q, batch_size: int, process_index: int, process_count: int,
+                          num_examples: int):
+  """``epoch_batches`` streams (PyTorch's ``DataLoader(drop_last=False)``): host-local counter
+  ``q`` -> (global stream position, real). An epoch is ``ceil(n / G)`` global batches, the last
+  one partial; its missing slots repeat the epoch's first positions and are not real."""
+  q = tf.cast(q, tf.int64)
+  global_batch = batch_size * process_count
+  per_epoch = -(-num_examples // global_batch)
+  step, j = q // batch_size, q % batch_size
+  epoch, k = step // per_epoch, step % per_epoch
+  within = k * global_batch + process_index * batch_size + j
+  return epoch * num_examples + within % num_examples, within < num_examples
+
+
 def example_at(position, num_examples: int, seed: int) -> tf.Tensor:
   """The example index at a training stream position: epoch permutation, shuffle before repeat.
 
@@ -148,7 +162,8 @@ def substitutes(num_examples: int, skipped: Collection[int]) -> np.ndarray:
 def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_size: int,
                   num_frames: int = 16, seed: int, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1, prefetch: int = 2,
-                  short_clips: str = "edge", skipped: Collection[int] = ()) -> tf.data.Dataset:
+                  short_clips: str = "edge", skipped: Collection[int] = (),
+                  epoch_batches: bool = False) -> tf.data.Dataset:
   """The training stream from ``start_step`` on, as a tf.data.Dataset (see ``train_batches``);
   ``skipped`` clips are replaced as ``substitutes`` says."""
   source = as_source(source)
@@ -161,9 +176,11 @@ def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_s
   replacement = tf.constant(substitutes(n, skipped))
 
   def position(q):
+    if epoch_batches:
+      return epoch_batch_positions(q, batch_size, process_index, process_count, n)
     return _global_position(q, batch_size, process_index, process_count)
 
-  def load(p):
+  def load(p, real=None):
     example = tf.gather(replacement, example_at(p, n, seed))
     key = clip_seed(p, seed)
     count, label, handle = source.fetch(example)
@@ -172,7 +189,8 @@ def train_dataset(source: Source, *, augmentation: str, batch_size: int, image_s
     frames = sources_lib.decode_frames(*source.frames(handle, indices))
     video = augment.augment_clip_uint8(frames, augmentation, image_size, key)
     video = tf.ensure_shape(video, [num_frames, image_size, image_size, 3])
-    return {"video": video, "label": label}
+    return {"video": video, "label": label} if real is None else {
+        "video": video, "label": label, "mask": real}
 
   ds = tf.data.Dataset.range(start_step * batch_size, np.iinfo(np.int64).max)
   ds = ds.map(position).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -243,7 +261,8 @@ def test_clip(decode, count, *, num_frames: int, num_clips: int, image_size: int
 def train_batches(source: Source, *, augmentation: str, batch_size: int, image_size: int,
                   num_frames: int = 16, seed: int, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1, short_clips: str = "edge",
-                  bad: MutableMapping[int, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+                  bad: MutableMapping[int, str] | None = None,
+                  epoch_batches: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Infinite iterator of this host's training batches from ``start_step`` on.
 
   Each batch: ``{"video": uint8 [batch_size, num_frames, image_size, image_size, 3],
@@ -253,6 +272,11 @@ def train_batches(source: Source, *, augmentation: str, batch_size: int, image_s
 
   ``bad``: None stops at an unreadable clip; a dict (example -> reason) skips it, records it there
   and goes on (clips already in it are skipped from the start).
+
+  ``epoch_batches``: epochs of ``ceil(n / G)`` global batches, the last one partial and padded
+  (``epoch_batch_positions``), each batch with ``"mask": bool [batch_size]`` (False for padding),
+  as PyTorch's ``DataLoader(drop_last=False)`` reads an epoch; False (the default): the stream
+  above, full batches across epoch ends.
   """
   source = as_source(source)
   n = len(source)
@@ -261,10 +285,13 @@ def train_batches(source: Source, *, augmentation: str, batch_size: int, image_s
     return train_dataset(source, augmentation=augmentation, batch_size=batch_size,
                          image_size=image_size, num_frames=num_frames, seed=seed, start_step=step,
                          process_index=process_index, process_count=process_count,
-                         short_clips=short_clips, skipped=bad or ())
+                         short_clips=short_clips, skipped=bad or (), epoch_batches=epoch_batches)
 
   def examples(step):
     positions = host_positions(step, batch_size, process_index, process_count)
+    if epoch_batches:
+      positions, _ = epoch_batch_positions(step * batch_size + tf.range(batch_size, dtype=tf.int64),
+                                           batch_size, process_index, process_count, n)
     return [int(e) for e in substitutes(n, bad or ())[example_at(positions, n, seed).numpy()]]
 
   return _explained(dataset, source, examples, start_step, "training", bad)

@@ -37,6 +37,7 @@ from dferclip_jax.models.clip_config import CLIPConfig
 from dferclip_jax.models.dferclip import l2_normalize, prompt_tokens
 from dferclip_jax.models.param_tree import check_tree
 from dferclip_jax.models.prompts import PromptLearner
+from dferclip_jax.openset import contours
 from dferclip_jax.openset.losses import reciprocal_logits
 from dferclip_jax.tokenizer import tokenize
 
@@ -152,35 +153,23 @@ JET_RED = 0.7917  # the JET colour map is red (OpenCV hue <= 10) from 79.17% of 
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-  """The largest 8-connected region of a boolean mask (as the official largest contour)."""
-  labels = np.zeros(mask.shape, np.int32)
-  best, best_size, current = None, 0, 0
-  for start in zip(*np.nonzero(mask)):
-    if labels[start]:
-      continue
-    current += 1
-    stack, members = [start], []
-    labels[start] = current
-    while stack:
-      y, x = stack.pop()
-      members.append((y, x))
-      for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-          ny, nx = y + dy, x + dx
-          if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not labels[ny, nx]:
-            labels[ny, nx] = current
-            stack.append((ny, nx))
-    if len(members) > best_size:
-      best, best_size = current, len(members)
-  return labels == best
+  """The largest 8-connected region of a boolean mask by pixel count (the first of equal ones)."""
+  labels, count = contours.label_components(mask, 8)
+  sizes = np.bincount(labels.reshape(-1), minlength=count + 1)[1:]
+  return labels == 1 + int(np.argmax(sizes))
 
 
 def attention_peak(clip_config: CLIPConfig, clip_params, frame: np.ndarray, class_ids: np.ndarray,
-                   rng) -> np.ndarray:
+                   rng, official: bool = False) -> np.ndarray:
   """(row, col) of the frame's "attention peak", the official recipe: a class activation map of
   the first frame's patch embeddings, weighted by the (randomly initialised) linear-head row of
   zero-shot CLIP's top class; rescaled to the frame; the centroid of the largest region in the
-  top (red, on the JET colour map) ~21% of its range."""
+  top (red, on the JET colour map) ~21% of its range.
+
+  ``official``: the official OpenCV chain (``contours``): the uint8 map resized to uint8 levels,
+  red = levels >= ``contours.JET_RED_LEVEL`` (201), the largest *external contour by its area*
+  and the centroid of that polygon. Otherwise: the float-resized map above ``JET_RED`` of its
+  range, the largest 8-connected region by pixel count and the mean of its pixels."""
   import tensorflow as tf
   clip = CLIP(clip_config)
   image = jnp.asarray(frame, jnp.float32)[None] / 255.0  # the official feeds [0, 1] pixels, unnormalised
@@ -197,9 +186,26 @@ def attention_peak(clip_config: CLIPConfig, clip_params, frame: np.ndarray, clas
   cam = np.asarray(patches @ weights[top])
   cam = np.uint8(255 * (cam - cam.min()) / max(cam.max() - cam.min(), 1e-12))
   size = frame.shape[0]
+  if official:
+    return red_band_peak(contours.resize_bilinear_uint8(cam, size))
   heat = tf.image.resize(cam[..., None].astype(np.float32), (size, size), method="bilinear").numpy()[..., 0]
   mask = heat >= JET_RED * 255
   if not mask.any():  # a flat map: its maximum is the peak
     mask = heat >= heat.max()
   rows, cols = np.nonzero(_largest_component(mask))
   return np.array([int(rows.mean()), int(cols.mean())], np.int32)
+
+
+def red_band_peak(heat: np.ndarray) -> np.ndarray:
+  """uint8 [S, S] attention map at the frame's size -> (row, col), as the official code finds it:
+  the centroid of the largest external contour (by ``cv2.contourArea``) of its red band. Where
+  no contour has any area (one-pixel-wide regions only: the official code fails there) the mean
+  of the largest region's pixels; where nothing is red (a flat map) that of its maximum."""
+  mask = heat >= contours.JET_RED_LEVEL
+  if not mask.any():
+    mask = heat >= heat.max()
+  peak = contours.largest_contour_centroid(mask)
+  if peak is None:
+    rows, cols = np.nonzero(_largest_component(mask))
+    peak = (int(rows.mean()), int(cols.mean()))
+  return np.array(peak, np.int32)

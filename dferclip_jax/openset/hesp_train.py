@@ -14,7 +14,10 @@ on the video features + the ARPL-style open-set loss + CE of the unknown visual 
 
 With ``hesp.official=True`` training also reads clips shorter than ``hesp.num_frames`` as frame 0
 repeated and resizes each frame to the model's size before the random sized crop, as the
-official loader does (``sampling``'s ``short_clips="first"``, ``augment``'s "hesp").
+official loader does (``sampling``'s ``short_clips="first"``, ``augment``'s "hesp"), and runs
+the official loader's epochs: ``ceil(N / batch_size)`` steps, the last batch partial
+(``pipeline``'s ``epoch_batches``: padded to the batch size, so every step has one shape on the
+mesh, and masked: each loss term is its value over the real clips alone, ``loss_parts``).
 
 SGD is PyTorch's (momentum 0.9, weight decay 1e-4 added to the gradient), the learning rate
 x0.1 at epochs 30, 60, 90, 120. The param groups, the train state (CLIP frozen: no gradient, no
@@ -57,23 +60,43 @@ def normalized_step(param, grad, size: float):
   return param - size * grad / (jnp.linalg.norm(grad.reshape(-1)) + 1e-10)
 
 
-def make_train_step(model, tx, h):
-  ce = lambda logits, labels: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+def training_length(config, num_train: int) -> tuple[int, int]:
+  """-> (steps per epoch, total steps). With ``hesp.official``, the official loader's epochs:
+  ``DataLoader(batch_size, shuffle=True)`` keeps its partial last batch (drop_last=False), so an
+  epoch is ``ceil(N / batch_size)`` steps and MultiStepLR's milestone epochs fall at multiples of
+  that. Otherwise the closed-set trainer's: full batches only."""
+  h = config.hesp
+  if not h.official:
+    return state_lib.training_length(num_train, h.batch_size, h.epochs, config.max_steps,
+                                     "config.hesp.batch_size")
+  steps_per_epoch = -(-num_train // h.batch_size)
+  total = h.epochs * steps_per_epoch
+  return steps_per_epoch, total if config.max_steps is None else min(total, int(config.max_steps))
 
+
+def loss_parts(out, labels, h, mask=None) -> dict:
+  """The official loss terms of one batch (``mask``: False for padding clips, left out)."""
+  ce = losses.cross_entropy
+  return {
+      "clip": ce(out["clip_logits"], labels, mask),
+      "contrastive": losses.supervised_contrastive_loss(
+          out["visual"], labels, temperature=h.contrastive_temperature, mask=mask),
+      "open_set": losses.arpl_loss(out["osr_logits"], out["visual"], out["points"], labels,
+                                   out["radius"], temperature=h.temperature, weight_pl=h.weight_pl,
+                                   mask=mask),
+      "unknown_prompts": ce(out["unknown_logits"], jnp.arange(out["unknown_logits"].shape[0])),
+      "ensemble": ce(out["logits"], labels, mask),
+  }
+
+
+def make_train_step(model, tx, h):
   def train_step(state, batch):
+    mask = batch.get("mask")  # only the official partial-batch epochs carry one
+
     def loss_fn(trainable):
       variables = {"params": param_tree.merge_params(trainable, state["frozen"]), **state["collections"]}
       out = model.apply(variables, batch["video"], train=True)
-      y = batch["label"]
-      parts = {
-          "clip": ce(out["clip_logits"], y),
-          "contrastive": losses.supervised_contrastive_loss(
-              out["visual"], y, temperature=h.contrastive_temperature),
-          "open_set": losses.arpl_loss(out["osr_logits"], out["visual"], out["points"], y,
-                                       out["radius"], temperature=h.temperature, weight_pl=h.weight_pl),
-          "unknown_prompts": ce(out["unknown_logits"], jnp.arange(out["unknown_logits"].shape[0])),
-          "ensemble": ce(out["logits"], y),
-      }
+      parts = loss_parts(out, batch["label"], h, mask)
       return sum(parts.values()), (parts, out["logits"])
 
     (loss, (parts, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -85,7 +108,8 @@ def make_train_step(model, tx, h):
     updates, opt = tx.update(grads, state["opt"], params)
     params = optax.apply_updates(params, updates)
     metrics = {"train/loss": loss, **{f"train/loss/{k}": v for k, v in parts.items()},
-               "train/accuracy": 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "train/accuracy": 100.0 * losses.masked_mean(
+                   (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32), mask),
                "train/grad_norm": optimizer_lib.global_norm(grads),
                "train/param_norm": optimizer_lib.global_norm(params),
                "train/radius": params["radius"]}
@@ -102,8 +126,7 @@ def train_hesp(config, workdir: Path, model, variables, train_source, mesh, on_e
   """
   h = config.hesp
   local_batch = sharding_lib.check_batch_size(h.batch_size, mesh, "config.hesp.batch_size")
-  steps_per_epoch, total = state_lib.training_length(len(train_source), h.batch_size, h.epochs,
-                                                     config.max_steps, "config.hesp.batch_size")
+  steps_per_epoch, total = training_length(config, len(train_source))
   assignment, tx, _ = optimizer_lib.grouped_optimizer(variables["params"], optim_config(h), steps_per_epoch)
   host = state_lib.host_state(variables["params"], assignment,
                               collections={k: v for k, v in variables.items() if k != "params"})
@@ -118,7 +141,7 @@ def train_hesp(config, workdir: Path, model, variables, train_source, mesh, on_e
       batch_size=local_batch, image_size=model.clip_config.vision_config.image_size,
       num_frames=h.num_frames, seed=config.seed, start_step=start,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      short_clips="first" if h.official else "edge")
+      short_clips="first" if h.official else "edge", epoch_batches=h.official)
   eval_every = max(1, h.eval_every_epochs) * steps_per_epoch
   variables_of = lambda s: state_lib.variables_of(s, s["collections"])
   step_metrics = state_lib.StepMetrics(writer, config.log_every, also_log=(total,))
@@ -127,8 +150,8 @@ def train_hesp(config, workdir: Path, model, variables, train_source, mesh, on_e
     try:
       while step < total:
         local = next(batches)
-        state, metrics = step_fn(state, sharding_lib.global_batch(
-            {"video": local["video"], "label": local["label"]}, mesh))
+        fed = {k: local[k] for k in ("video", "label", "mask") if k in local}
+        state, metrics = step_fn(state, sharding_lib.global_batch(fed, mesh))
         step += 1
         step_metrics.add(step, metrics)  # checks (and logs) the step before
         is_eval = step % eval_every == 0 or step == total

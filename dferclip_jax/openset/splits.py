@@ -69,6 +69,22 @@ def split_records(train: Sequence[ClipRecord], test: Sequence[ClipRecord], class
   return data
 
 
+def string_frame_order(data: OpenSetData) -> OpenSetData:
+  """``data`` with each clip's frames in plain string order, as the official loader lists them
+  (``glob(folder/*)`` then ``sort()``: ``10.jpg`` before ``2.jpg``), in place of our natural
+  order (``frames.sort_frames``). The same files (our frame rule: ``.jpg``/``.jpeg``/``.png``,
+  no hidden files; the official glob would also list any other file in the folder), from the
+  sources' listing (no folder is read again); a clip's first ``num_frames`` of that order are
+  the ones it samples, as there."""
+  def reordered(source):
+    names = {path: None if listed is None else tuple(sorted(listed))
+             for path, listed in source.frame_names.items()}
+    return type(source)(source.records, names)
+  return dataclasses.replace(data, train=reordered(data.train),
+                             test_known=reordered(data.test_known),
+                             test_unknown=reordered(data.test_unknown))
+
+
 def split_sources(train: FolderSource, test: FolderSource, class_names: Sequence[str],
                   known_names: Sequence[str]) -> OpenSetData:
   """``split_records`` on two built sources -> the split's clips as sources, built from their
