@@ -75,13 +75,14 @@ def plan_runs(selected: Sequence[str], folds: Sequence[int]) -> list[tuple[str, 
       have = "; ".join(f"{n} folds 1..{datasets.get(n).num_folds}" for n in folded) or "none"
       raise ReproduceError(f"--folds: fold {fold} is not a fold of {', '.join(bad or names)} "
                            f"({have}; FERV39k has one split, fold 0)")
+  chosen = sorted(set(folds) - {0})  # --folds=0 alone: FERV39k's split only
   runs = []
   for name in names:
     d = datasets.get(name)
     if not d.num_folds:
       runs.append((name, 0))
     else:
-      runs += [(name, f) for f in (sorted(set(folds) - {0}) or range(1, d.num_folds + 1))]
+      runs += [(name, f) for f in (chosen if folds else range(1, d.num_folds + 1))]
   return runs
 
 

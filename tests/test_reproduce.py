@@ -95,6 +95,8 @@ def test_the_runs_of_the_paper_and_their_subsets():
   assert reproduce.plan_runs(["mafw", "dfew"], [2, 4]) == [("dfew", 2), ("dfew", 4), ("mafw", 2), ("mafw", 4)]
   assert reproduce.plan_runs(["ferv39k", "dfew"], [3]) == [("dfew", 3), ("ferv39k", 0)]
   assert reproduce.plan_runs(["FERV39k"], [0]) == [("ferv39k", 0)]  # a SLURM array's "ferv39k:0"
+  assert reproduce.plan_runs([], [0]) == [("ferv39k", 0)]
+  assert reproduce.plan_runs([], [0, 5]) == [("dfew", 5), ("ferv39k", 0), ("mafw", 5)]
   with pytest.raises(reproduce.ReproduceError, match=r"^--folds: fold 6 is not a fold of dfew, mafw "
                      r"\(dfew folds 1\.\.5; mafw folds 1\.\.5; FERV39k has one split, fold 0\)$"):
     reproduce.plan_runs([], [6])
