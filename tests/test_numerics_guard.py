@@ -46,6 +46,23 @@ def test_each_number_is_refused_by_name(key, value, interval):
   assert str(refused.value) == f"config.{key}={value!r}: must be a finite number in {interval}"
 
 
+@pytest.mark.parametrize("key,value", [("hesp.n_ctx", 0), ("hesp.patch_size", -8), ("hesp.num_frames", 0),
+                                       ("hesp.batch_size", 0), ("hesp.epochs", 0),
+                                       ("hesp.eval_every_epochs", 0)])
+def test_each_open_set_count_must_be_positive(key, value):
+  config = hesp_demo.get_config()
+  config.update_from_flattened_dict({key: value})
+  with pytest.raises(config_checks.ConfigError, match=rf"^config\.{key}={value}: must be a positive integer$"):
+    config_checks.check_config(config)
+
+
+def test_open_set_milestones_are_epochs():
+  config = hesp_demo.get_config()
+  config.hesp.milestones = (30, 0)
+  with pytest.raises(config_checks.ConfigError, match=r"^config\.hesp\.milestones=\(30, 0\): must be epochs >= 1$"):
+    config_checks.check_config(config)
+
+
 def test_edges_that_are_allowed():
   config = hesp_demo.get_config()
   config.update_from_flattened_dict({"optim.lr.temporal": 0.0, "optim.momentum": 0.0,

@@ -85,6 +85,13 @@ def check_config(config) -> None:
   for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every", "checkpoint_every",
                 "eval_every_epochs", "eval_num_clips"):
     _require(int(config[field]) >= 1, f"config.{field}={config[field]}: must be a positive integer")
+  if "hesp" in config:  # the open-set section's counts and sizes (a 0 would divide or loop)
+    for field in ("n_ctx", "patch_size", "num_frames", "batch_size", "epochs", "eval_every_epochs"):
+      value = config.hesp[field]
+      _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+               f"config.hesp.{field}={value!r}: must be a positive integer")
+    _require(all(isinstance(m, int) and m >= 1 for m in config.hesp.milestones),
+             f"config.hesp.milestones={tuple(config.hesp.milestones)}: must be epochs >= 1")
   if config.max_steps is not None:
     _require(config.max_steps >= 1, f"config.max_steps={config.max_steps}: must be positive (or unset)")
   _require(config.best_metric in ("eval/uar", "eval/war"),
