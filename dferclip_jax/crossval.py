@@ -11,7 +11,6 @@ The per-fold config is the config file called with ``fold=k``, with the command 
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -86,10 +85,8 @@ def _run_folds(config_file, overrides, workdir: Path, folds: Sequence[int], trai
   per_fold = []
   for fold in folds:
     fold_dir = workdir / (f"fold_{fold}" if fold else "split")
-    done = fold_dir / "results.json"
-    if done.is_file() and json.loads(done.read_text()).get("complete"):
-      summary = json.loads(done.read_text())
-    else:
+    summary = reporting.finished_results(fold_dir)
+    if summary is None:
       summary = train_fn(fold_config(config_file, fold, overrides), fold_dir)
     # Runs from before "test_selected" existed chose "best" on the test set.
     chosen = {**summary, "test_selected": summary.get("test_selected") or summary["best"]}

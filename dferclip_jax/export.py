@@ -59,11 +59,12 @@ def read_model_card_file(card_path: str | Path) -> dict:
   if not card_path.is_file():
     raise ModelCheckpointError(f"{card_path}: no such model description")
   try:
-    card = json.loads(card_path.read_text())
-  except json.JSONDecodeError as e:
-    raise ModelCheckpointError(f"{card_path}: not valid JSON ({e})") from e
-  if card.get("format") != FORMAT:
-    raise ModelCheckpointError(f"{card_path}: format {card.get('format')!r}, expected {FORMAT!r}")
+    card = storage.read_json(card_path)
+  except ValueError as e:  # too large, not UTF-8, not JSON
+    raise ModelCheckpointError(f"{card_path}: not a readable JSON model description ({e})") from e
+  if not isinstance(card, dict) or card.get("format") != FORMAT:
+    found = card.get("format") if isinstance(card, dict) else type(card).__name__
+    raise ModelCheckpointError(f"{card_path}: format {found!r}, expected {FORMAT!r}")
   return card
 
 

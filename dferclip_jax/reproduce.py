@@ -25,7 +25,6 @@ everything else is the config's.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -161,7 +160,7 @@ def run_reproduce(base_config, workdir: str | Path, *, selected: Sequence[str] =
     where = run_dir(workdir, name, fold)
     config = run_config(base_config, name, fold, roots[name], lists[name], overrides)
     expected[name, fold] = fingerprint_lib.config_sha256(config)
-    if finished_results(where) is not None:
+    if reporting.finished_results(where) is not None:
       logging.info("run %d/%d, %s fold %d: finished, in %s", i + 1, len(runs), name, fold, where)
       continue
     logging.info("run %d/%d, %s fold %d: training in %s", i + 1, len(runs), name, fold, where)
@@ -178,18 +177,6 @@ def run_reproduce(base_config, workdir: str | Path, *, selected: Sequence[str] =
   return table
 
 
-def finished_results(where: Path) -> dict | None:
-  """A finished run's results.json, or None (absent, unfinished, or unreadable)."""
-  path = where / "results.json"
-  if not path.is_file():
-    return None
-  try:
-    results = json.loads(path.read_text())
-  except ValueError:
-    return None
-  return results if isinstance(results, dict) and results.get("complete") else None
-
-
 def collect(workdir: Path, expected: Mapping[tuple[str, int], str] = {}) -> dict:
   """The table's data: per dataset of PROTOCOL, every finished run under ``workdir``, its
   figures, their mean +- std per selection, and the differences to the published figures.
@@ -202,7 +189,7 @@ def collect(workdir: Path, expected: Mapping[tuple[str, int], str] = {}) -> dict
     folds = [0] if not datasets.get(name).num_folds else list(range(1, datasets.get(name).num_folds + 1))
     runs = []
     for fold in folds:
-      results = finished_results(run_dir(workdir, name, fold))
+      results = reporting.finished_results(run_dir(workdir, name, fold))
       if results is None:
         continue
       # Runs from before "test_selected" existed chose "best" on the test set.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import pathlib
 import re
@@ -198,3 +199,18 @@ def size(value) -> int:
   """A file's size in bytes, local or in a bucket (epath's stat names it ``length``)."""
   stats = path(value).stat()
   return int(stats.st_size if hasattr(stats, "st_size") else stats.length)
+
+
+MAX_JSON_BYTES = 16 * 1024 * 1024  # the project's JSON files are a few kB: read nothing that size
+
+
+def read_json(value, max_bytes: int = MAX_JSON_BYTES):
+  """The parsed JSON file at ``value`` (local or in a bucket), or None where there is none;
+  ValueError where it cannot be read: larger than ``max_bytes`` (checked before a byte is read),
+  not UTF-8, or not JSON."""
+  target = path(value)
+  if not target.is_file():
+    return None
+  if size(target) > max_bytes:
+    raise ValueError(f"{size(target)} bytes, over the {max_bytes} a JSON file may have")
+  return json.loads(target.read_bytes().decode("utf-8"))  # its errors are ValueErrors

@@ -148,6 +148,13 @@ def test_config_and_path_errors(tmp_path):
   (bad / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match="hidden_size=32 is not divisible by num_attention_heads=5"):
     load_clip(bad)
+  # A config.json that is not an object, or not JSON, or far too large, is named, not a crash.
+  for text, error in (("[1, 2]", r"config\.json: not a JSON object of CLIP's config$"),
+                      ('{"vision_config": ', r"config\.json: not a readable JSON config \(Expecting value"),
+                      (" " * (64 << 20), r"config\.json: not a readable JSON config \(67108864 bytes, over")):
+    (bad / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=error):
+      load_clip(bad)
 
 
 # ----------------------------------------------------------------------------- architectures

@@ -183,3 +183,19 @@ def test_generic_context_and_plain_state_dict(tmp_path, state_dict, fixture):
   model, variables = official.load_checkpoint(save(tmp_path, plain), class_token_position="middle")
   assert not model.class_specific and variables["params"]["prompt_learner"]["ctx"].shape == (8, 64)
   assert model.apply(variables, fixture[1]).shape == (2, 7)
+
+
+def test_a_model_json_that_cannot_be_read_is_named(tmp_path):
+  card = tmp_path / "model.json"
+  with pytest.raises(export.ModelCheckpointError, match=r"model\.json: no such model description$"):
+    export.read_model_card_file(card)
+  for text, error in (
+      ('{"format": "dferclip-jax/model/v1"', r"model\.json: not a readable JSON model description \(Expecting"),
+      ("[]", r"model\.json: format 'list', expected 'dferclip-jax/model/v1'$"),
+      ('{"format": "v0"}', r"model\.json: format 'v0', expected 'dferclip-jax/model/v1'$"),
+      (" " * (32 << 20), r"model\.json: not a readable JSON model description \(33554432 bytes, over")):
+    card.write_text(text)
+    with pytest.raises(export.ModelCheckpointError, match=error):
+      export.read_model_card_file(card)
+  card.write_text('{"format": "dferclip-jax/model/v1", "model": {}}')
+  assert export.read_model_card_file(card) == {"format": "dferclip-jax/model/v1", "model": {}}

@@ -160,6 +160,15 @@ def test_open_set_run_with_held_out_classes(tmp_path, data_dir, method):
   again = experiment.run_openset(config, tmp_path)
   assert again["summary"] == results["summary"]
   assert len([r for r in reporting.read_metrics(tmp_path) if "split" in r]) == 2
+  # A split whose openset.json was cut short (a full disk) is run again, and only that split.
+  kept = (tmp_path / "split_00" / "openset.json").stat().st_mtime_ns
+  cut = tmp_path / "split_05" / "openset.json"
+  whole = cut.read_bytes()
+  cut.write_bytes(whole[:len(whole) // 2])
+  mended = experiment.run_openset(config, tmp_path)
+  assert json.loads(cut.read_bytes()) == json.loads(whole)
+  assert mended["summary"] == results["summary"]
+  assert (tmp_path / "split_00" / "openset.json").stat().st_mtime_ns == kept
 
 
 def test_open_set_config_errors(tmp_path, data_dir):

@@ -47,3 +47,26 @@ def test_local_atomic_write_leaves_the_whole_file_and_no_temporary(tmp_path):
   storage.write_text_atomic(target, "one")
   storage.write_text_atomic(target, "two")
   assert target.read_text() == "two" and os.listdir(target.parent) == ["results.json"]
+
+
+def test_read_json_bounds_a_file_before_reading_it(tmp_path):
+  path = tmp_path / "some.json"
+  assert storage.read_json(path) is None  # absent
+  path.write_text('{"a": [1, 2.5, null]}')
+  assert storage.read_json(path) == {"a": [1, 2.5, None]}
+  for broken, error in ((b'{"a": tr', r"^Expecting value"), (b'{"\xff": 1}', r"'utf-8' codec")):
+    path.write_bytes(broken)
+    with pytest.raises(ValueError, match=error):
+      storage.read_json(path)
+  # Past the bound, refused by its size before a byte is read: a sparse file of NULs would be a
+  # JSON error if it were read.
+  with open(path, "wb") as f:
+    f.truncate(storage.MAX_JSON_BYTES + 1)
+  with pytest.raises(ValueError, match=rf"^{storage.MAX_JSON_BYTES + 1} bytes, over the "
+                     rf"{storage.MAX_JSON_BYTES} a JSON file may have$"):
+    storage.read_json(path)
+  path.write_bytes(b"[7]" + b" " * (storage.MAX_JSON_BYTES - 3))  # exactly at the bound: read
+  assert storage.read_json(path) == [7]
+  path.write_bytes(b"[7]   ")
+  with pytest.raises(ValueError, match=r"^6 bytes, over the 5 a JSON file may have$"):
+    storage.read_json(path, max_bytes=5)

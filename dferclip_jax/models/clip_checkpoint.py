@@ -79,11 +79,13 @@ def _download_from_hub(repo_id: str) -> tuple[Path, Path]:
 
 
 def read_config(config_path: str | os.PathLike) -> CLIPConfig:
-  with open(config_path) as f:  # local: a local copy (storage.local_folder) or the hub's cache
-    try:
-      raw = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{config_path}: not valid JSON ({e})") from e
+  try:  # local: a local copy (storage.local_folder) or the hub's cache
+    raw = storage.read_json(config_path)
+  except ValueError as e:  # too large, not UTF-8, not JSON
+    raise ValueError(f"{config_path}: not a readable JSON config ({e})") from e
+  if not isinstance(raw, dict):
+    raise ValueError(f"{config_path}: not a JSON object of CLIP's config"
+                     + (" (no such file)" if raw is None else ""))
   return CLIPConfig.from_hf_dict(raw, source=str(config_path))
 
 

@@ -25,7 +25,6 @@ which are also printed as a table; ``paper_table.md`` / ``paper_table.json`` the
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import jax
@@ -321,6 +320,17 @@ def run_openset(config, workdir: str | Path) -> dict:
     return _run_splits(config, workdir)
 
 
+def _finished_split(path: Path) -> dict | None:
+  """A finished split's ``openset.json``, or None: absent, or unreadable (cut short by a full
+  disk, edited by hand), which runs the split again."""
+  try:
+    result = storage.read_json(path)
+  except ValueError as e:
+    logging.warning("%s cannot be read (%s): running the split again", path, e)
+    return None
+  return result if isinstance(result, dict) and all(k in result for k in SCORES) else None
+
+
 def _run_splits(config, workdir: Path) -> dict:
   o = config.openset
   if o.clips == "hesp_mafw":
@@ -337,9 +347,8 @@ def _run_splits(config, workdir: Path) -> dict:
     data = splits_lib.split_sources(full.train_source, full.test_source, config.class_names, known)
     sub = workdir / f"split_{k:02d}"
     done = sub / "openset.json"
-    if done.is_file():
-      result = json.loads(done.read_text())
-    else:
+    result = _finished_split(done)
+    if result is None:
       logging.info("split %d: known classes %s (%d train, %d known test, %d unknown test clips)",
                    k, known, len(data.train), len(data.test_known), len(data.test_unknown))
       run = {"hesp": run_hesp, "dferclip_msp": run_dferclip_msp, "zeroshot_clip": run_zeroshot_clip}

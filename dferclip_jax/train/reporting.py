@@ -50,6 +50,25 @@ def write_json(path: str | Path, value: Any) -> None:
   storage.write_text_atomic(path, json.dumps(json_plain(value), indent=2) + "\n")
 
 
+RESULTS_FILE = "results.json"
+
+
+def read_results(workdir: str | Path) -> Any:
+  """The parsed ``WORKDIR/results.json``, or None where there is none; ValueError where it cannot
+  be read (``storage.read_json``)."""
+  return storage.read_json(storage.path(workdir) / RESULTS_FILE)
+
+
+def finished_results(workdir: str | Path) -> dict | None:
+  """A finished run's results (``complete``), or None: absent, unfinished or unreadable (a run
+  that cannot be read counts as unfinished: training it again resumes and rewrites it)."""
+  try:
+    results = read_results(workdir)
+  except ValueError:
+    return None
+  return results if isinstance(results, dict) and results.get("complete") else None
+
+
 def read_metrics(workdir: str | Path) -> list[dict]:
   path = storage.path(workdir) / METRICS_FILE
   if not path.exists():

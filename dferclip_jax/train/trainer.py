@@ -12,7 +12,6 @@ The train state and the every-step NaN check are ``state.py``'s, shared with HES
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -205,7 +204,7 @@ def _train_locked(config, workdir: Path, data) -> dict:
              "temperature_scaling": scaling,
              "skipped_clips": data.skipped_report()}
   if distributed.is_writer():
-    reporting.write_json(workdir / "results.json", summary)
+    reporting.write_json(workdir / reporting.RESULTS_FILE, summary)
   distributed.barrier(f"{workdir} finished")  # what follows (crossval, openset) may read its files
   reporting.log_table("final evaluation", [("UAR", f"{last_eval['uar']:.2f}"),
                                            ("WAR", f"{last_eval['war']:.2f}"),
@@ -217,23 +216,15 @@ def _train_locked(config, workdir: Path, data) -> dict:
 # ------------------------------------------------------------------------ helpers
 
 
-MAX_RESULTS_BYTES = 16 * 1024 * 1024
-
-
 def _finished_results(workdir: Path, total_steps: int) -> dict | None:
   """results.json of a run that has trained all ``total_steps``, or None. One that cannot be read
   (cut short by a full disk, edited by hand) counts as absent: the run resumes from its latest
   checkpoint and writes it again."""
-  path = workdir / "results.json"
-  if not path.is_file():
-    return None
   try:
-    if storage.size(path) > MAX_RESULTS_BYTES:  # ours are a few kB: read nothing that size
-      raise ValueError(f"{storage.size(path)} bytes")
-    results = json.loads(path.read_text())
-  except ValueError as e:  # also UnicodeDecodeError, json.JSONDecodeError
+    results = reporting.read_results(workdir)
+  except ValueError as e:
     logging.warning("%s cannot be read (%s): resuming from the latest checkpoint to write it again",
-                    path, e)
+                    workdir / reporting.RESULTS_FILE, e)
     return None
   if isinstance(results, dict) and results.get("complete") and results.get("steps") == total_steps:
     return results
