@@ -15,7 +15,8 @@ beside the published figures.
   Per dataset and selection (``test_selected``: the checkpoint best on the test set, the papers'
   protocol; ``best``: chosen on the validation split when ``config.data.val_fraction > 0``, else
   the same as test_selected; ``final``: the last one) it gives mean +- std over the folds done
-  (population std, ddof=0, as ``crossval``) and the difference to the published figure.
+  (population std, ddof=0, as ``crossval``) and the difference to the published figure; then a
+  row per run with the data it saw (``run_rows``: its fingerprint, short; whole in the JSON).
 
 Only the dataset's own facts change between runs (``DATASET_KEYS``: its classes, fold, lists,
 root, TFDS splits, and its DFER-CLIP augmentation unless ``--config.data.augmentation`` is given);
@@ -247,4 +248,35 @@ def format_table(table: dict) -> str:
   if table["config_differs"]:
     lines.append(f"Trained with another config than this command's (a changed recipe in the same "
                  f"workdir; results.json's config_sha256): {', '.join(table['config_differs'])}.")
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines + run_rows(table)) + "\n"
+
+
+def run_rows(table: dict) -> list[str]:
+  """The runs behind the table, a row each: figures, and the data each saw (its fingerprint's
+  clip and frame counts and the first 12 hex digits of its hashes), so that two labs can see at a
+  glance whether their runs read the same clips."""
+  runs = [(name, r) for name, entry in table["datasets"].items() for r in entry["runs"]]
+  if not runs:
+    return []
+  lines = ["", "## Runs and the data they saw", "",
+           "Per run: test_selected UAR / WAR, and per split the clips / frames and the first 12 hex "
+           "digits of `list_sha256` / `first_frames_sha256` (in full in paper_table.json).", "",
+           "| run | UAR / WAR | train | test | commit |", "|---|---|---|---|---|"]
+  for name, r in runs:
+    fingerprint = r["data_fingerprint"]
+    splits = fingerprint.get("splits", {})
+    t = r["test_selected"]
+    lines.append(f"| {name} fold {r['fold']} | {t['uar']:.2f} / {t['war']:.2f} | "
+                 f"{_split_cell(splits.get('train'))} | {_split_cell(splits.get('test'))} | "
+                 f"{str(fingerprint.get('commit', '?'))[:12]} |")
+  return lines
+
+
+def _split_cell(split: dict | None) -> str:
+  """One split's fingerprint, short: "clips / frames: list hash / first-frames hash"."""
+  if not split:
+    return "(not recorded)"
+  hashes = [str(split[k])[:12] for k in ("list_sha256", "first_frames_sha256") if split.get(k)]
+  if not hashes:  # a TFDS source records its clip count only
+    return f"{split.get('clips', '?')} clips"
+  return f"{split.get('clips', '?')} / {split.get('frames', '?')}: {' / '.join(hashes)}"

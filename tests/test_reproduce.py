@@ -203,6 +203,16 @@ def test_reproduce_killed_in_its_third_run_finishes_and_tables_by_hand(tmp_path)
     row = (f"| {dataset.upper()} | 5/5 | test_selected | {u[0]:.2f} +- {u[1]:.2f} | {w[0]:.2f} +- {w[1]:.2f} | "
            f"{published[0]:.2f} / {published[1]:.2f} | {du:+.2f} / {dw:+.2f} |")
     assert row in markdown.splitlines(), markdown
+    # A row per run with the data it saw: counts and hash prefixes straight from its results.json.
+    for k in range(1, 6):
+      results = json.loads((work / dataset / f"fold_{k}" / "results.json").read_text())
+      f = results["data_fingerprint"]
+      tr, te = f["splits"]["train"], f["splits"]["test"]
+      assert (f"| {dataset} fold {k} | {results['test_selected']['uar']:.2f} / "
+              f"{results['test_selected']['war']:.2f} | {tr['clips']} / {tr['frames']}: "
+              f"{tr['list_sha256'][:12]} / {tr['first_frames_sha256'][:12]} | {te['clips']} / "
+              f"{te['frames']}: {te['list_sha256'][:12]} / {te['first_frames_sha256'][:12]} | "
+              f"{f['commit'][:12]} |") in markdown.splitlines(), markdown
     # Every run saw its own fold's lists: five different test fingerprints.
     tests = {r["data_fingerprint"]["splits"]["test"]["list_sha256"] for r in entry["runs"]}
     assert len(tests) == 5
@@ -226,5 +236,6 @@ def test_reproduce_killed_in_its_third_run_finishes_and_tables_by_hand(tmp_path)
   changed = reproduce.run_reproduce(base, work, selected=["mafw"], folds=[2, 4],
                                     roots={"mafw": str(tmp_path / "MAFW")}, train_fn=never)
   assert changed["config_differs"] == ["mafw fold 2", "mafw fold 4"]
-  assert (work / reproduce.TABLE_MD).read_text().endswith(
-      "(a changed recipe in the same workdir; results.json's config_sha256): mafw fold 2, mafw fold 4.\n")
+  assert ("Trained with another config than this command's (a changed recipe in the same workdir; "
+          "results.json's config_sha256): mafw fold 2, mafw fold 4.") in (
+              work / reproduce.TABLE_MD).read_text().splitlines()
