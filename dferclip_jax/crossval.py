@@ -60,7 +60,15 @@ def folds_of(dataset: str) -> list[int]:
 SELECTIONS = ("best", "final", "test_selected")
 
 
+def selection_figures(results: Mapping[str, Any]) -> dict:
+  """A run's results.json -> {selection: {uar, war, step}} for each of SELECTIONS."""
+  # Runs from before "test_selected" existed chose "best" on the test set.
+  chosen = {**results, "test_selected": results.get("test_selected") or results["best"]}
+  return {which: {k: chosen[which][k] for k in ("uar", "war", "step")} for which in SELECTIONS}
+
+
 def summarize(per_fold: Sequence[dict]) -> dict:
+  """Mean, population std (ddof 0) and values over the folds, per selection and metric."""
   out = {}
   for which in SELECTIONS:
     for metric in ("uar", "war"):
@@ -88,11 +96,7 @@ def _run_folds(config_file, overrides, workdir: Path, folds: Sequence[int], trai
     summary = reporting.finished_results(fold_dir)
     if summary is None:
       summary = train_fn(fold_config(config_file, fold, overrides), fold_dir)
-    # Runs from before "test_selected" existed chose "best" on the test set.
-    chosen = {**summary, "test_selected": summary.get("test_selected") or summary["best"]}
-    per_fold.append({"fold": fold, "workdir": str(fold_dir),
-                     **{which: {k: chosen[which][k] for k in ("uar", "war", "step")}
-                        for which in SELECTIONS}})
+    per_fold.append({"fold": fold, "workdir": str(fold_dir), **selection_figures(summary)})
   results = {"config": config_file, "folds": per_fold, "summary": summarize(per_fold)}
   if distributed.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)

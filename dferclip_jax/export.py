@@ -56,12 +56,12 @@ def save_model(directory: str | Path, model: DFERCLIP, variables, *, class_names
 def read_model_card_file(card_path: str | Path) -> dict:
   """A ``model.json`` (of a model checkpoint, or of a training workdir)."""
   card_path = storage.path(card_path)
-  if not card_path.is_file():
-    raise ModelCheckpointError(f"{card_path}: no such model description")
   try:
     card = storage.read_json(card_path)
   except ValueError as e:  # too large, not UTF-8, not JSON
     raise ModelCheckpointError(f"{card_path}: not a readable JSON model description ({e})") from e
+  if card is None:
+    raise ModelCheckpointError(f"{card_path}: no such model description")
   if not isinstance(card, dict) or card.get("format") != FORMAT:
     found = card.get("format") if isinstance(card, dict) else type(card).__name__
     raise ModelCheckpointError(f"{card_path}: format {found!r}, expected {FORMAT!r}")

@@ -29,17 +29,16 @@ import copy
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 from absl import logging
 
-from dferclip_jax import distributed, storage
+from dferclip_jax import crossval, distributed, storage
 from dferclip_jax.data import datasets, native
 from dferclip_jax.data import fingerprint as fingerprint_lib
 from dferclip_jax.train import config_checks, reporting
 
 PROTOCOL = datasets.NATIVE  # the paper's table: the three published datasets, in its order
 TABLE_MD, TABLE_JSON = "paper_table.md", "paper_table.json"
-SELECTIONS = ("test_selected", "best", "final")
+SELECTIONS = ("test_selected", "best", "final")  # the Markdown rows' order (crossval.SELECTIONS)
 # The DFER-CLIP figures (UAR / WAR, %), ViT-B/32, from the performance table of the official
 # repository's README (github.com/zengqunzhao/DFER-CLIP), as in the paper's Table 1.
 PUBLISHED = {"dfew": {"uar": 59.61, "war": 71.25}, "ferv39k": {"uar": 41.27, "war": 51.65},
@@ -187,31 +186,25 @@ def collect(workdir: Path, expected: Mapping[tuple[str, int], str] = {}) -> dict
            "std": "population standard deviation over the folds done (ddof=0)",
            "published_source": PUBLISHED_SOURCE, "datasets": {}, "config_differs": []}
   for name in PROTOCOL:
-    folds = [0] if not datasets.get(name).num_folds else list(range(1, datasets.get(name).num_folds + 1))
+    folds = crossval.folds_of(name)
     runs = []
     for fold in folds:
       results = reporting.finished_results(run_dir(workdir, name, fold))
       if results is None:
         continue
-      # Runs from before "test_selected" existed chose "best" on the test set.
-      chosen = {**results, "test_selected": results.get("test_selected") or results["best"]}
       fingerprint = results.get("data_fingerprint") or {}
       if (name, fold) in expected and fingerprint.get("config_sha256") != expected[name, fold]:
         table["config_differs"].append(f"{name} fold {fold}")
       runs.append({"fold": fold, "workdir": str(run_dir(workdir, name, fold)),
-                   **{s: {k: chosen[s][k] for k in ("uar", "war", "step")} for s in SELECTIONS},
+                   **crossval.selection_figures(results),
                    "data_fingerprint": fingerprint})
     entry = {"folds_done": [r["fold"] for r in runs], "folds_missing": [f for f in folds if
                                                                        f not in {r["fold"] for r in runs}],
              "runs": runs, "published": PUBLISHED[name], "summary": {}, "difference": {}}
     if runs:
-      for s in SELECTIONS:
-        for metric in ("uar", "war"):
-          values = np.array([r[s][metric] for r in runs], np.float64)
-          key = f"{s}/{metric}"
-          entry["summary"][key] = {"mean": float(values.mean()), "std": float(values.std()),
-                                   "values": values.tolist()}
-          entry["difference"][key] = float(values.mean()) - PUBLISHED[name][metric]
+      entry["summary"] = crossval.summarize(runs)
+      entry["difference"] = {key: figure["mean"] - PUBLISHED[name][key.split("/")[1]]
+                             for key, figure in entry["summary"].items()}
       commits = sorted({r["data_fingerprint"].get("commit") for r in runs} - {None})
       entry["commits"] = commits
     table["datasets"][name] = entry

@@ -211,6 +211,7 @@ def read_json(value, max_bytes: int = MAX_JSON_BYTES):
   target = path(value)
   if not target.is_file():
     return None
-  if size(target) > max_bytes:
-    raise ValueError(f"{size(target)} bytes, over the {max_bytes} a JSON file may have")
+  length = size(target)
+  if length > max_bytes:
+    raise ValueError(f"{length} bytes, over the {max_bytes} a JSON file may have")
   return json.loads(target.read_bytes().decode("utf-8"))  # its errors are ValueErrors

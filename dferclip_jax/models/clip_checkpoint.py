@@ -83,9 +83,10 @@ def read_config(config_path: str | os.PathLike) -> CLIPConfig:
     raw = storage.read_json(config_path)
   except ValueError as e:  # too large, not UTF-8, not JSON
     raise ValueError(f"{config_path}: not a readable JSON config ({e})") from e
+  if raw is None:  # as open() said before the size bound
+    raise FileNotFoundError(f"{config_path}: no such file")
   if not isinstance(raw, dict):
-    raise ValueError(f"{config_path}: not a JSON object of CLIP's config"
-                     + (" (no such file)" if raw is None else ""))
+    raise ValueError(f"{config_path}: not a JSON object of CLIP's config")
   return CLIPConfig.from_hf_dict(raw, source=str(config_path))
 
 
